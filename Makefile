@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make run    set up and run a local three-replica cluster (foreground)
+#   make test   set up and run the tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SEEDS ?= 300
+
+.PHONY: venv test sim soak clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+	$(PY) -m sim --seeds $(SEEDS)
+
+# make sim SEEDS=N runs seeds 1..N; make sim SEED=s replays one seed verbosely.
+sim: venv
+ifdef SEED
+	$(PY) -m sim --seed $(SEED) --verbose
+else
+	$(PY) -m sim --seeds $(SEEDS)
+endif
+
+soak: venv
+	$(PY) -m sim --seeds 100000
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

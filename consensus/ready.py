@@ -1,0 +1,113 @@
+"""What the core hands back to its driver, and what it is restarted from.
+
+The driver loop is always (as in etcd's raft ``Ready``)::
+
+    ready = replica.ready()
+    storage.persist(ready.persist)      # one transaction, synced if must_sync
+    network.send(ready.messages)        # only after the persist is durable
+    state_machine.apply(ready.committed)
+    answer clients (ready.refused, ready.reads, applied results)
+
+Sending before persisting would let a replica promise or accept something it
+then forgets in a crash, which breaks Paxos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from consensus.ballot import Ballot, ZERO_BALLOT
+from consensus.messages import AcceptedEntry, Entry, Message
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Acceptor state changes to make durable, in one transaction."""
+
+    promised: Ballot | None = None  # new promised ballot, if it changed
+    accepted: tuple[AcceptedEntry, ...] = ()  # (slot, ballot, value) to store
+    chosen_below: int | None = None  # new chosen point, if it moved
+
+    @property
+    def empty(self) -> bool:
+        return self.promised is None and not self.accepted and self.chosen_below is None
+
+    @property
+    def must_sync(self) -> bool:
+        """Promises and accepts must be on disk before their reply is sent.
+
+        A moved chosen point alone need not be synced: it can be relearned
+        from peers after a crash.
+        """
+        return self.promised is not None or bool(self.accepted)
+
+
+class RefuseReason(IntEnum):
+    """Why a proposal or read could not be ordered. Numbers are stable."""
+
+    NOT_LEADER = 1
+    WINDOW_FULL = 2
+    TOO_LARGE = 3
+    TRANSFERRING = 4  # leadership is moving; retry at the new leader
+    LEADERSHIP_LOST = 5  # the outcome of an earlier proposal is unknown
+    READS_FULL = 6
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRefused:
+    token: int
+    reason: RefuseReason
+    leader_id: int  # 0 when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReady:
+    """A linearizable read may run once the applied index reaches ``index``."""
+
+    token: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRefused:
+    token: int
+    reason: RefuseReason
+    leader_id: int
+
+
+@dataclass(slots=True)
+class Ready:
+    persist: Persist = field(default_factory=Persist)
+    messages: list[Message] = field(default_factory=list)
+    # Newly chosen slots, consecutive and in slot order, to apply.
+    committed: list[Entry] = field(default_factory=list)
+    refused: list[ProposalRefused] = field(default_factory=list)
+    reads: list[ReadReady] = field(default_factory=list)
+    reads_refused: list[ReadRefused] = field(default_factory=list)
+    # Set when peers no longer hold slots this replica lacks: it needs a
+    # snapshot taken at or after this slot (filled in by the snapshot work).
+    snapshot_needed_from: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.persist.empty
+            and not self.messages
+            and not self.committed
+            and not self.refused
+            and not self.reads
+            and not self.reads_refused
+            and self.snapshot_needed_from is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DurableState:
+    """What a replica restarts from: exactly what it persisted, plus applied."""
+
+    promised: Ballot = ZERO_BALLOT
+    accepted: dict[int, tuple[Ballot, bytes]] = field(default_factory=dict)
+    chosen_below: int = 0
+    applied_below: int = 0  # slots below this are in the state machine
+    log_start: int = 0  # slots below this were compacted into a snapshot
