@@ -10,7 +10,15 @@ apply, then answer clients.
 
 from consensus.config import Config, ConfigError
 from consensus.ballot import Ballot, ZERO_BALLOT
-from consensus.ready import Ready, Persist, DurableState, ProposalRefused, ReadReady
+from consensus.ready import (
+    DurableState,
+    Persist,
+    ReadReady,
+    ReadRefused,
+    Ready,
+    RefuseReason,
+    Refused,
+)
 from consensus.replica import Replica, Role
 
 __all__ = [
@@ -19,9 +27,11 @@ __all__ = [
     "ConfigError",
     "DurableState",
     "Persist",
-    "ProposalRefused",
     "Ready",
     "ReadReady",
+    "ReadRefused",
+    "RefuseReason",
+    "Refused",
     "Replica",
     "Role",
     "ZERO_BALLOT",

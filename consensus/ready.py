@@ -6,7 +6,7 @@ The driver loop is always (as in etcd's raft ``Ready``)::
     storage.persist(ready.persist)      # one transaction, synced if must_sync
     network.send(ready.messages)        # only after the persist is durable
     state_machine.apply(ready.committed)
-    answer clients (ready.refused, ready.reads, applied results)
+    answer clients (ready.reads, ready.reads_refused, applied results)
 
 Sending before persisting would let a replica promise or accept something it
 then forgets in a crash, which breaks Paxos.
@@ -54,11 +54,13 @@ class RefuseReason(IntEnum):
     READS_FULL = 6
 
 
-@dataclass(frozen=True, slots=True)
-class ProposalRefused:
-    token: int
-    reason: RefuseReason
-    leader_id: int  # 0 when unknown
+class Refused(Exception):
+    """``Replica.propose`` could not order a value: why, and who leads (0 if unknown)."""
+
+    def __init__(self, reason: RefuseReason, leader_id: int) -> None:
+        super().__init__(f"{reason.name.lower()} (leader {leader_id or 'unknown'})")
+        self.reason = reason
+        self.leader_id = leader_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,6 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     # Newly chosen slots, consecutive and in slot order, to apply.
     committed: list[Entry] = field(default_factory=list)
-    refused: list[ProposalRefused] = field(default_factory=list)
     reads: list[ReadReady] = field(default_factory=list)
     reads_refused: list[ReadRefused] = field(default_factory=list)
     # Set when peers no longer hold slots this replica lacks: it needs a
@@ -95,7 +96,6 @@ class Ready:
             self.persist.empty
             and not self.messages
             and not self.committed
-            and not self.refused
             and not self.reads
             and not self.reads_refused
             and self.snapshot_needed_from is None
