@@ -5,7 +5,8 @@ opaque ``bytes`` (a batch of client commands encoded by the layer above);
 ``NOOP`` (the empty value) fills holes. Entries travel as tuples so that a
 message is hashable and immutable.
 
-Phase 1 (Paxos Made Simple, 2.2): ``Prepare`` / ``Promise`` / ``Reject``.
+Phase 1 (Paxos Made Simple, 2.2): ``Prepare`` / ``Promise`` / ``Reject``,
+preceded by a state-free ``PreVote`` round.
 Phase 2: ``Accept`` / ``Accepted`` / ``Reject``.
 Learning: the chosen point rides on ``Accept`` and ``Heartbeat``; replicas
 that miss values fetch them with ``CatchupRequest`` / ``CatchupReply``.
@@ -38,6 +39,26 @@ class RejectReason(IntEnum):
 class Message:
     src: int
     dst: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVote(Message):
+    """Would you promise ``ballot`` now? Changes no state on either side.
+
+    A replica runs this round before a real Prepare so that a replica coming
+    back from a partition with a high ballot cannot depose a healthy leader
+    (the acceptors that hear the leader answer no).
+    """
+
+    ballot: Ballot
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply(Message):
+    ballot: Ballot
+    granted: bool
+    leader_id: int  # the leader the replier follows, 0 if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +153,8 @@ class TimeoutNow(Message):
 
 
 ALL_MESSAGE_TYPES = (
+    PreVote,
+    PreVoteReply,
     Prepare,
     Promise,
     Accept,
