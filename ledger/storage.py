@@ -1,0 +1,670 @@
+"""Durable storage for one replica: acceptor state, log and state tables in LMDB.
+
+One LMDB environment per replica directory holds everything a replica must
+not forget, so that one write transaction, committed with one fsync, makes a
+whole step of the driver loop durable at once::
+
+    storage.write_step(ready.persist, apply)   # promise + accepts + chosen
+                                                # + applied rows + digest
+    network.send(ready.messages)                # only after it returned
+
+Layout (named databases; keys are raw bytes, integers big-endian):
+
+    replica.meta      b"format_version", b"cluster_id", b"replica_id",
+                      b"chosen_below", b"applied_below", b"log_start" -> 8 B int
+                      (cluster_id: UTF-8), b"digest" -> 32 B state digest
+    replica.acceptor  b"promised" -> msgpack [round, replica_id]
+    replica.log       slot (8 B) -> msgpack [ballot round, ballot replica, value]
+    sm.<table>        one per name in ``ledger.tables.TABLES``: the state
+                      machine's rows, exactly as ``MemoryTables`` holds them
+
+The environment is opened with sync and metasync on and never with
+``writemap`` (a full disk would then SIGBUS the process). Without it, LMDB
+writes new pages with ``pwrite`` and only then the meta page, so a failed
+commit (full disk, I/O error) leaves the last committed state intact and
+readable, and a later commit works once space returns.
+
+Errors (the server maps them to gRPC codes; nothing here knows gRPC)::
+
+    StorageError                 base class
+    +-- StorageUnavailable       the disk is full, an I/O error, or the map is
+    |                            full: the step did NOT happen (nothing changed
+    |                            on disk or in memory); retry it later.
+    |                            ``.cause`` is the LMDB/OS exception.
+    +-- WrongDataDir             the directory belongs to another cluster or
+    |                            replica (refused at open)
+    +-- DataDirInUse             another process holds this directory
+    +-- IncompatibleFormat       written by another storage format version
+    +-- StorageCorrupt           a full scan disagrees with the stored digest
+
+An exception raised by the ``apply`` callback aborts the step and propagates
+unchanged. Broken preconditions (a promise going down) are bugs: assertions.
+
+Keys of the state tables must be 1..511 bytes (LMDB's key limit); ``put``
+raises ``ValueError`` otherwise. ``get``/``delete``/``range`` accept any key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from typing import Callable, Iterator
+
+import lmdb
+import msgpack
+
+from consensus.ballot import ZERO_BALLOT, Ballot
+from consensus.ready import DurableState, Persist
+from ledger import digest as _digest
+from ledger.tables import TABLES
+
+FORMAT_VERSION = 1
+DEFAULT_MAP_SIZE_BYTES = 32 << 30  # address space only: the file grows as used
+KEY_BYTES_MAX = 511  # LMDB's compiled-in key limit
+_TABLE_DB_PREFIX = b"sm."
+_META_DB = b"replica.meta"
+_ACCEPTOR_DB = b"replica.acceptor"
+_LOG_DB = b"replica.log"
+_MAX_DBS = 3 + len(TABLES) + 4  # headroom for later formats
+_LOCK_FILE = "replica.lock"
+
+_K_FORMAT = b"format_version"
+_K_CLUSTER = b"cluster_id"
+_K_REPLICA = b"replica_id"
+_K_CHOSEN = b"chosen_below"
+_K_APPLIED = b"applied_below"
+_K_LOG_START = b"log_start"
+_K_DIGEST = b"digest"
+_K_PROMISED = b"promised"
+
+
+class StorageError(Exception):
+    """Base class of this module's errors (hierarchy in the module docstring)."""
+
+
+class StorageUnavailable(StorageError):
+    """The disk refused a write (full, I/O error, map full); nothing changed."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: storage unavailable: {type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+class WrongDataDir(StorageError):
+    """The data directory belongs to another cluster or replica."""
+
+
+class DataDirInUse(StorageError):
+    """Another process (or another ReplicaStorage) has this directory open."""
+
+
+class IncompatibleFormat(StorageError):
+    """The directory was written by another storage format version."""
+
+
+class StorageCorrupt(StorageError):
+    """The stored rows do not hash to the stored digest."""
+
+
+def _int8(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def _from_int8(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Operating errors of the disk, as opposed to bugs or corruption.
+
+    ``DiskError`` is ENOSPC; a plain ``lmdb.Error`` carries an errno such as
+    EIO (a short write on a full disk) or EDQUOT; ``MapFullError`` means the
+    configured map size is used up; ``PanicError`` follows a failed meta write.
+    """
+    if isinstance(exc, (lmdb.DiskError, lmdb.MapFullError, lmdb.PanicError)):
+        return True
+    if type(exc) is lmdb.Error:
+        return True
+    return isinstance(exc, OSError)
+
+
+class LmdbTableReader:
+    """Read side of ``Tables`` over one LMDB transaction (see ``ledger.tables``).
+
+    ``digest`` is the digest of the rows this transaction sees.
+    """
+
+    __slots__ = ("_txn", "_dbs", "_cursors", "_digest")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], digest: int) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        # One cursor per table for point operations, made on first use.
+        self._cursors: dict[bytes, lmdb.Cursor] = {}
+        self._digest = digest
+
+    @property
+    def digest(self) -> int:
+        return self._digest
+
+    def _cursor(self, table: bytes) -> lmdb.Cursor:
+        cursor = self._cursors.get(table)
+        if cursor is None:
+            cursor = self._cursors[table] = self._txn.cursor(db=self._dbs[table])
+        return cursor
+
+    def get(self, table: bytes, key: bytes) -> bytes | None:
+        cursor = self._cursors.get(table) or self._cursor(table)
+        try:
+            return cursor.get(key)
+        except lmdb.BadValsizeError:
+            return None  # an empty or over-long key is never stored
+
+    def range(
+        self,
+        table: bytes,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Rows with start <= key < end (end None: no upper bound), at most limit.
+
+        The rows are read when called, so the caller may write to the table
+        while it walks the result.
+        """
+        rows: list[tuple[bytes, bytes]] = []
+        if limit <= 0 or (end is not None and end <= start):
+            return iter(rows)
+        cursor = self._txn.cursor(db=self._dbs[table])
+        if not reverse:
+            if start:
+                found = cursor.set_range(start[:KEY_BYTES_MAX])
+                # A start longer than any stored key may sit one row ahead.
+                while found and cursor.key() < start:
+                    found = cursor.next()
+            else:
+                found = cursor.first()
+            if not found:
+                return iter(rows)
+            append = rows.append
+            if end is None:
+                for row in cursor.iternext():
+                    append(row)
+                    if len(rows) >= limit:
+                        break
+            else:
+                for row in cursor.iternext():
+                    if row[0] >= end:
+                        break
+                    append(row)
+                    if len(rows) >= limit:
+                        break
+        else:
+            if end is None:
+                found = cursor.last()
+            else:
+                found = cursor.set_range(end[:KEY_BYTES_MAX]) or cursor.last()
+                while found and cursor.key() >= end:
+                    found = cursor.prev()
+            if not found:
+                return iter(rows)
+            append = rows.append
+            for row in cursor.iterprev():
+                if row[0] < start:
+                    break
+                append(row)
+                if len(rows) >= limit:
+                    break
+        cursor.close()
+        return iter(rows)
+
+
+class LmdbTables(LmdbTableReader):
+    """``Tables`` inside the write transaction of one ``write_step``.
+
+    Keeps the digest incrementally exactly as ``MemoryTables`` does: each put
+    or delete reads the old row (in the same LMDB call) and combines.
+    """
+
+    __slots__ = ()
+
+    def put(self, table: bytes, key: bytes, value: bytes) -> None:
+        cursor = self._cursors.get(table) or self._cursor(table)
+        try:
+            old = cursor.replace(key, value)
+        except lmdb.BadValsizeError as e:
+            raise ValueError(
+                f"table {table!r}: key of {len(key)} bytes; keys are 1..{KEY_BYTES_MAX} bytes"
+            ) from e
+        self._digest = _digest.combine(self._digest, table, key, old, value)
+
+    def delete(self, table: bytes, key: bytes) -> bool:
+        cursor = self._cursors.get(table) or self._cursor(table)
+        try:
+            old = cursor.pop(key)
+        except lmdb.BadValsizeError:
+            return False
+        if old is None:
+            return False
+        self._digest = _digest.combine(self._digest, table, key, old, None)
+        return True
+
+
+class ReplicaStorage:
+    """The durable state of one replica in one LMDB environment.
+
+    Single writer: ``write_step`` and ``compact_log`` are called from one
+    thread at a time. ``reader`` and ``load`` may run from any thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES,
+        cluster_id: str,
+        replica_id: int,
+    ) -> None:
+        assert cluster_id, "cluster_id must not be empty"
+        assert replica_id >= 0
+        self.path = os.fspath(path)
+        self.cluster_id = cluster_id
+        self.replica_id = replica_id
+        self._map_size_bytes = map_size_bytes
+        os.makedirs(self.path, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.path, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise DataDirInUse(f"{self.path}: data directory is in use by another process") from None
+        self._env: lmdb.Environment | None = None
+        self._needs_reopen = False
+        self._packer = msgpack.Packer()
+        try:
+            self._open_env()
+            self._init_or_check()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- opening -------------------------------------------------------
+
+    def _open_env(self) -> None:
+        self._env = lmdb.open(
+            self.path,
+            map_size=self._map_size_bytes,
+            subdir=True,
+            max_dbs=_MAX_DBS,
+            sync=True,
+            metasync=True,
+            writemap=False,  # never: a full disk would SIGBUS the process
+            map_async=False,
+            lock=True,
+        )
+        env = self._env
+        with env.begin(write=True) as txn:
+            self._meta = env.open_db(_META_DB, txn=txn)
+            self._acceptor = env.open_db(_ACCEPTOR_DB, txn=txn)
+            self._log = env.open_db(_LOG_DB, txn=txn)
+            self._tables = {t: env.open_db(_TABLE_DB_PREFIX + t, txn=txn) for t in TABLES}
+
+    def _init_or_check(self) -> None:
+        env = self._env
+        assert env is not None
+        with env.begin(write=True) as txn:
+            meta = txn.cursor(db=self._meta)
+            fmt = meta.get(_K_FORMAT)
+            if fmt is None:
+                if txn.stat(self._log)["entries"] or any(
+                    txn.stat(db)["entries"] for db in self._tables.values()
+                ):
+                    raise WrongDataDir(f"{self.path}: has data but no replica identity")
+                meta.put(_K_FORMAT, _int8(FORMAT_VERSION))
+                meta.put(_K_CLUSTER, self.cluster_id.encode())
+                meta.put(_K_REPLICA, _int8(self.replica_id))
+                for k in (_K_CHOSEN, _K_APPLIED, _K_LOG_START):
+                    meta.put(k, _int8(0))
+                meta.put(_K_DIGEST, bytes(32))
+            else:
+                if _from_int8(fmt) != FORMAT_VERSION:
+                    raise IncompatibleFormat(
+                        f"{self.path}: storage format {_from_int8(fmt)}, "
+                        f"this build reads {FORMAT_VERSION}"
+                    )
+                cluster = meta.get(_K_CLUSTER).decode()
+                replica = _from_int8(meta.get(_K_REPLICA))
+                if (cluster, replica) != (self.cluster_id, self.replica_id):
+                    raise WrongDataDir(
+                        f"{self.path}: holds replica {replica} of cluster {cluster!r}, "
+                        f"not replica {self.replica_id} of cluster {self.cluster_id!r}"
+                    )
+            self._read_cached(txn)
+
+    def _read_cached(self, txn: lmdb.Transaction) -> None:
+        meta = txn.cursor(db=self._meta)
+        self._chosen_below = _from_int8(meta.get(_K_CHOSEN))
+        self._applied_below = _from_int8(meta.get(_K_APPLIED))
+        self._log_start = _from_int8(meta.get(_K_LOG_START))
+        self._digest = _from_int8(meta.get(_K_DIGEST))
+        raw = txn.get(_K_PROMISED, db=self._acceptor)
+        self._promised = ZERO_BALLOT if raw is None else Ballot(*msgpack.unpackb(raw))
+
+    def _reopen_env(self) -> None:
+        """After a failed meta write LMDB refuses all further use of the
+        environment (MDB_PANIC); the file itself is intact, so open it again."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        self._open_env()
+        with self._env.begin() as txn:  # type: ignore[union-attr]
+            self._read_cached(txn)
+        self._needs_reopen = False
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> "ReplicaStorage":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading -------------------------------------------------------
+
+    @property
+    def promised(self) -> Ballot:
+        return self._promised
+
+    @property
+    def chosen_below(self) -> int:
+        return self._chosen_below
+
+    @property
+    def applied_below(self) -> int:
+        return self._applied_below
+
+    @property
+    def log_start(self) -> int:
+        return self._log_start
+
+    def state_digest(self) -> int:
+        """The committed state digest (``ledger.digest``)."""
+        return self._digest
+
+    def load(self) -> DurableState:
+        """Everything the replica restarts from, as last committed."""
+        env = self._env
+        assert env is not None
+        with env.begin() as txn:
+            meta = txn.cursor(db=self._meta)
+            log_start = _from_int8(meta.get(_K_LOG_START))
+            raw = txn.get(_K_PROMISED, db=self._acceptor)
+            promised = ZERO_BALLOT if raw is None else Ballot(*msgpack.unpackb(raw))
+            accepted: dict[int, tuple[Ballot, bytes]] = {}
+            cursor = txn.cursor(db=self._log)
+            if cursor.set_range(_int8(log_start)):
+                unpackb = msgpack.unpackb
+                for key, raw_entry in cursor.iternext():
+                    rnd, rid, value = unpackb(raw_entry)
+                    accepted[_from_int8(key)] = (Ballot(rnd, rid), value)
+            return DurableState(
+                promised=promised,
+                accepted=accepted,
+                chosen_below=_from_int8(meta.get(_K_CHOSEN)),
+                applied_below=_from_int8(meta.get(_K_APPLIED)),
+                log_start=log_start,
+            )
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[LmdbTableReader]:
+        """A consistent read-only view of the committed state tables.
+
+        Its ``digest`` is the committed digest of exactly the rows it sees.
+        """
+        env = self._env
+        assert env is not None
+        txn = env.begin()
+        try:
+            raw = txn.get(_K_DIGEST, db=self._meta)
+            yield LmdbTableReader(txn, self._tables, _from_int8(raw))
+        finally:
+            txn.abort()
+
+    def recompute_digest(self) -> int:
+        """The digest of all committed rows, from a full scan."""
+        env = self._env
+        assert env is not None
+        total = 0
+        row_hash = _digest.row_hash
+        with env.begin() as txn:
+            for table in TABLES:
+                for key, value in txn.cursor(db=self._tables[table]).iternext():
+                    total += row_hash(table, key, value)
+        return total % _digest.MODULUS
+
+    def verify_digest(self) -> int:
+        """Recompute the digest from a full scan; raise ``StorageCorrupt`` if it
+        differs from the stored one. Returns the recomputed digest."""
+        with self.reader() as view:
+            stored = view.digest
+        scanned = self.recompute_digest()
+        if scanned != stored:
+            raise StorageCorrupt(
+                f"{self.path}: stored digest {_digest.to_hex(stored)} "
+                f"but rows hash to {_digest.to_hex(scanned)}"
+            )
+        return scanned
+
+    # --- writing -------------------------------------------------------
+
+    def write_step(
+        self,
+        persist: Persist,
+        apply: Callable[[LmdbTables], int] | None = None,
+    ) -> None:
+        """Make one step of the driver loop durable, in one synced transaction.
+
+        Stores ``persist`` (promised ballot, accepted entries, chosen point);
+        then, if ``apply`` is given, calls ``apply(tables)`` with an
+        ``LmdbTables`` bound to the same transaction: the caller applies
+        committed entries through it and returns the new ``applied_below``,
+        which is stored with the new state digest. Then commits (one fsync).
+
+        All or nothing: if anything raises (the callback included) the
+        transaction is aborted and neither the disk nor this object changes.
+        A full disk or an I/O error raises ``StorageUnavailable``; the same
+        step may be retried later. ``tables`` must not be used after return.
+        """
+        if persist.empty and apply is None:
+            return
+        if self._needs_reopen:
+            try:
+                self._reopen_env()
+            except lmdb.Error as e:
+                raise StorageUnavailable("reopen", e) from e
+        env = self._env
+        assert env is not None
+        promised = self._promised
+        chosen_below = self._chosen_below
+        applied_below = self._applied_below
+        digest = self._digest
+        try:
+            txn = env.begin(write=True)
+        except lmdb.Error as e:
+            self._note_failure(e)
+            raise StorageUnavailable("begin", e) from e
+        try:
+            if persist.promised is not None:
+                assert persist.promised >= promised, (persist.promised, promised)
+                promised = persist.promised
+                txn.put(_K_PROMISED, self._packer.pack(list(promised)), db=self._acceptor)
+            if persist.accepted:
+                pack = self._packer.pack
+                items = [
+                    (slot.to_bytes(8, "big"), pack([ballot[0], ballot[1], value]))
+                    for slot, ballot, value in persist.accepted
+                ]
+                txn.cursor(db=self._log).putmulti(items)
+            if persist.chosen_below is not None:
+                assert persist.chosen_below >= chosen_below, (persist.chosen_below, chosen_below)
+                chosen_below = persist.chosen_below
+                txn.put(_K_CHOSEN, _int8(chosen_below), db=self._meta)
+            if apply is not None:
+                tables = LmdbTables(txn, self._tables, digest)
+                new_applied = apply(tables)
+                assert isinstance(new_applied, int), new_applied
+                assert new_applied >= applied_below, (new_applied, applied_below)
+                applied_below = new_applied
+                digest = tables.digest
+                txn.put(_K_APPLIED, _int8(applied_below), db=self._meta)
+                txn.put(_K_DIGEST, digest.to_bytes(32, "big"), db=self._meta)
+            txn.commit()
+        except BaseException as e:
+            _abort_quietly(txn)
+            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
+                self._note_failure(e)
+                raise StorageUnavailable("write_step", e) from e
+            raise
+        self._promised = promised
+        self._chosen_below = chosen_below
+        self._applied_below = applied_below
+        self._digest = digest
+
+    def compact_log(self, below_slot: int) -> None:
+        """Drop log entries below ``below_slot`` and move ``log_start`` there.
+
+        Only applied slots may go (a snapshot holds their effect), so
+        ``below_slot <= applied_below``. Moving backwards is a no-op.
+        """
+        assert below_slot <= self._applied_below, (below_slot, self._applied_below)
+        if below_slot <= self._log_start:
+            return
+        if self._needs_reopen:
+            try:
+                self._reopen_env()
+            except lmdb.Error as e:
+                raise StorageUnavailable("reopen", e) from e
+        env = self._env
+        assert env is not None
+        end = _int8(below_slot)
+        try:
+            txn = env.begin(write=True)
+        except lmdb.Error as e:
+            self._note_failure(e)
+            raise StorageUnavailable("begin", e) from e
+        try:
+            cursor = txn.cursor(db=self._log)
+            found = cursor.first()
+            while found and cursor.key() < end:
+                found = cursor.delete()  # moves to the next entry
+            txn.put(_K_LOG_START, end, db=self._meta)
+            txn.commit()
+        except BaseException as e:
+            _abort_quietly(txn)
+            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
+                self._note_failure(e)
+                raise StorageUnavailable("compact_log", e) from e
+            raise
+        self._log_start = below_slot
+
+    def _note_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, lmdb.PanicError):
+            self._needs_reopen = True
+
+
+def _abort_quietly(txn: lmdb.Transaction) -> None:
+    # After a failed commit LMDB has already freed the transaction; abort is
+    # then a no-op or reports that, and the original error is what matters.
+    with contextlib.suppress(lmdb.Error):
+        txn.abort()
+
+
+# --- benchmark -------------------------------------------------------------
+
+
+def _bench(directory: str | None) -> None:
+    """Synced LMDB commits of small rows, raw and through ``write_step``."""
+    import shutil
+    import tempfile
+    import time
+
+    from consensus.ballot import Ballot as _Ballot
+
+    base = tempfile.mkdtemp(prefix="storage-bench-", dir=directory or os.getcwd())
+    try:
+        env = lmdb.open(os.path.join(base, "raw"), map_size=8 << 30, max_dbs=2, sync=True,
+                        metasync=True, writemap=False)
+        db = env.open_db(b"rows")
+        print(f"directory: {base}")
+
+        commits = 200
+        t0 = time.perf_counter()
+        for i in range(commits):
+            with env.begin(write=True) as txn:
+                txn.put(b"k", _int8(i), db=db)
+        dt = time.perf_counter() - t0
+        print(f"raw synced commit, 1 row:      {dt / commits * 1e6:8.0f} us/commit")
+
+        for rows_per_txn, commits in ((1_000, 200), (8_000, 50)):
+            value = b"v" * 64
+            n = 0
+            t0 = time.perf_counter()
+            for _ in range(commits):
+                with env.begin(write=True) as txn:
+                    cursor = txn.cursor(db=db)
+                    cursor.putmulti([(os.urandom(16), value) for _ in range(rows_per_txn)])
+                    n += rows_per_txn
+            dt = time.perf_counter() - t0
+            print(
+                f"raw synced commit, {rows_per_txn:5d} rows: {commits / dt:8.0f} commits/s "
+                f"{n / dt:10.0f} rows/s ({dt / commits * 1e3:.2f} ms/commit)"
+            )
+        env.close()
+
+        storage = ReplicaStorage(os.path.join(base, "replica"), cluster_id="bench", replica_id=1)
+        for rows_per_txn, steps in ((1_000, 100), (8_000, 25)):
+            value = b"v" * 64
+            slot = storage.applied_below
+            n = 0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                entries = tuple((slot + i, _Ballot(1, 1), value) for i in range(rows_per_txn))
+
+                def apply(tables: LmdbTables) -> int:
+                    for _s, _b, v in entries:
+                        tables.put(b"kv", os.urandom(16), v)
+                    return slot + rows_per_txn
+
+                storage.write_step(Persist(accepted=entries, chosen_below=slot + rows_per_txn), apply)
+                slot += rows_per_txn
+                n += rows_per_txn
+            dt = time.perf_counter() - t0
+            print(
+                f"write_step, {rows_per_txn:5d} accepts + {rows_per_txn:5d} table puts: "
+                f"{steps / dt:7.0f} steps/s {n / dt:9.0f} (accept+put)/s "
+                f"({dt / steps * 1e3:.2f} ms/step)"
+            )
+        storage.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", action="store_true", help="measure synced commit rates")
+    parser.add_argument("--dir", help="directory for the scratch database (default: cwd)")
+    args = parser.parse_args()
+    if args.bench:
+        _bench(args.dir)
+    else:
+        parser.print_help()
