@@ -58,6 +58,7 @@ class PreVote(Message):
 class PreVoteReply(Message):
     ballot: Ballot
     granted: bool
+    promised: Ballot  # the replier's promise, so a stale asker can catch up
     leader_id: int  # the leader the replier follows, 0 if none
 
 

@@ -1,0 +1,68 @@
+"""Command line: ``python -m sim --seeds N`` or ``python -m sim --seed S --verbose``."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from sim.cluster import Simulation
+
+
+def _workload(name: str):
+    if name == "log":
+        return None
+    from sim.ledger_workload import LedgerWorkload
+
+    return LedgerWorkload
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    ap.add_argument("--seeds", type=int, default=100, help="run seeds 1..N")
+    ap.add_argument("--first", type=int, default=1, help="first seed of the range")
+    ap.add_argument("--seed", type=int, help="run this one seed")
+    ap.add_argument("--verbose", action="store_true", help="print the run's events")
+    ap.add_argument("--replicas", type=int, choices=(3, 5), help="force the cluster size")
+    ap.add_argument("--workload", choices=("ledger", "log"), default="ledger")
+    args = ap.parse_args(argv)
+
+    seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
+    factory = _workload(args.workload)
+    started = time.monotonic()
+    failures = []
+    election: list[int] = []
+    chosen = acked = events = 0
+    for i, seed in enumerate(seeds, 1):
+        sim = Simulation(seed, replicas=args.replicas, workload_factory=factory, verbose=args.verbose)
+        result = sim.run()
+        chosen += result.chosen_slots
+        acked += result.acked
+        events += result.events
+        if result.election_ticks is not None:
+            election.append(result.election_ticks)
+        if args.verbose:
+            for line in result.log:
+                print(line)
+        if result.violations:
+            failures.append(result)
+            print(f"seed {seed}: {len(result.violations)} violation(s); profile {result.profile.describe()}")
+            for v in result.violations[:5]:
+                print(f"  {v}")
+            print(f"  replay: make sim SEED={seed}")
+        elif len(seeds) > 1 and i % 100 == 0:
+            print(f"  ... {i}/{len(seeds)} seeds", file=sys.stderr)
+    elapsed = time.monotonic() - started
+    med = statistics.median(election) if election else 0
+    mx = max(election) if election else 0
+    print(
+        f"sim: seeds={len(seeds)} violations={len(failures)} seeds_per_s={len(seeds) / elapsed:.1f} "
+        f"chosen_slots={chosen} acked={acked} events={events} "
+        f"election_ticks_median={med} election_ticks_max={mx}"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
