@@ -42,6 +42,7 @@ F012  NAME_MISMATCH         the file name disagrees with the header (creator,
                             file of another creator/receiver/date
 F013  BAD_FILE_NAME         the file name is not OFD_/OFI_ profile form
 F014  DUPLICATE_ENTRY       an index lists the same file twice
+F015  BAD_TEXT              a text field holds a control character
 ====  ====================  ================================================
 """
 
@@ -67,6 +68,7 @@ class FileError(enum.Enum):
     NAME_MISMATCH = "F012"
     BAD_FILE_NAME = "F013"
     DUPLICATE_ENTRY = "F014"
+    BAD_TEXT = "F015"
 
 
 class TAError(Exception):
