@@ -257,6 +257,11 @@ class Replica:
         ls.reads.append(_PendingRead(token, ls.hb_seq + 1, self.chosen_below))
         self._heartbeat_now = True
 
+    def campaign(self) -> None:
+        """Start an election now (pre-vote first), as if the timeout had run out."""
+        if self.role is not Role.LEADER:
+            self._start_prevote()
+
     def transfer_leadership(self, target: int) -> None:
         ls = self._leader
         if ls is None:

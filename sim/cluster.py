@@ -230,6 +230,10 @@ class Simulation:
         if node.paused_until > self.time:
             node.missed_ticks += 1
             return
+        if node.missed_ticks or node.inbox_while_paused:
+            self._on_resume(rid)
+            if node.replica is None:
+                return
         node.replica.tick()
         self._drive(node)
         if self.faults_on:
@@ -243,12 +247,18 @@ class Simulation:
         if node.paused_until > self.time:
             node.inbox_while_paused.append(msg)
             return
+        if node.missed_ticks or node.inbox_while_paused:
+            self._on_resume(msg.dst)
+            if node.replica is None:
+                return
         node.replica.step(msg)
         self._drive(node)
 
     def _on_resume(self, rid: int) -> None:
         node = self.nodes[rid]
         if node.replica is None or node.paused_until > self.time:
+            return
+        if not node.missed_ticks and not node.inbox_while_paused:
             return
         self._say(f"r{rid} resumes after {node.missed_ticks} ticks")
         # The server catches up on elapsed monotonic time before anything else.
