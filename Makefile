@@ -6,17 +6,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SEEDS ?= 300
 
-.PHONY: venv test sim soak clean
+.PHONY: venv system test sim soak clean
 
 venv: $(VENV)/.installed
 
+system:
+	@bash scripts/setup-system.sh
+
 $(VENV)/.installed: requirements.txt
+	@bash scripts/setup-system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-test: venv
+test: venv system
 	$(PY) -m pytest -q tests
 	$(PY) -m sim --seeds $(SEEDS)
 

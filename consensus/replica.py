@@ -43,9 +43,9 @@ promise; a slot known chosen never changes value; the chosen point only grows.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from consensus.ballot import Ballot, ZERO_BALLOT
 from consensus.config import Config
@@ -68,6 +68,9 @@ from consensus.messages import (
     RejectReason,
     TimeoutNow,
 )
+if TYPE_CHECKING:
+    import random  # only the type: the caller hands in a seeded instance
+
 from consensus.ready import (
     DurableState,
     Persist,
