@@ -1,0 +1,149 @@
+"""Topology files: which replicas form a cluster, where they run, and where they keep data.
+
+A topology is a TOML file::
+
+    cluster_id = "one-city"           # carried in every peer frame
+    primary_zone = "fra-a"            # a data center name (or city) leadership prefers
+
+    [timing]                          # optional
+    tick_ms = 10                      # the consensus clock period
+
+    [[replica]]
+    id = "r1"                         # "r" + a number 1..65535 (the consensus id)
+    city = "frankfurt"
+    data_center = "fra-a"
+    address = "127.0.0.1:7101"        # gRPC, public API and peer service
+    metrics_port = 9101               # Prometheus metrics over HTTP
+    data_dir = "data/one-city/r1"     # relative paths: to the working directory
+
+``load`` validates everything and raises ``TopologyError`` naming the file,
+the replica and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+SHIPPED = Path(__file__).resolve().parent / "topologies"
+TICK_MS_DEFAULT = 10
+
+
+class TopologyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    id: str
+    number: int  # the consensus replica id
+    city: str
+    data_center: str
+    address: str
+    metrics_port: int
+    data_dir: Path
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def zone(self) -> str:
+        return f"{self.city}/{self.data_center}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    path: Path
+    cluster_id: str
+    primary_zone: str
+    tick_ms: int
+    replicas: tuple[ReplicaSpec, ...]
+
+    def replica(self, replica_id: str) -> ReplicaSpec:
+        for r in self.replicas:
+            if r.id == replica_id:
+                return r
+        ids = ", ".join(r.id for r in self.replicas)
+        raise TopologyError(f"{self.path}: no replica {replica_id!r} (replicas: {ids})")
+
+    def by_number(self, number: int) -> ReplicaSpec | None:
+        for r in self.replicas:
+            if r.number == number:
+                return r
+        return None
+
+    def with_data_root(self, root: Path) -> "Topology":
+        """The same topology with every data directory moved to ``root/<id>``."""
+        replicas = tuple(
+            ReplicaSpec(r.id, r.number, r.city, r.data_center, r.address, r.metrics_port, root / r.id)
+            for r in self.replicas
+        )
+        return Topology(self.path, self.cluster_id, self.primary_zone, self.tick_ms, replicas)
+
+
+_ID = re.compile(r"^r([1-9][0-9]{0,4})$")
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A path, or the name of a shipped topology ("one-city", "three-cities.toml")."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    for candidate in (SHIPPED / p, SHIPPED / f"{p}.toml"):
+        if candidate.exists():
+            return candidate
+    shipped = ", ".join(sorted(x.stem for x in SHIPPED.glob("*.toml")))
+    raise TopologyError(f"topology {name_or_path!r} not found (give a file path, or one of: {shipped})")
+
+
+def load(name_or_path: str | Path) -> Topology:
+    path = resolve(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TopologyError(f"{path}: not valid TOML: {e}") from None
+
+    def need(ok: bool, why: str) -> None:
+        if not ok:
+            raise TopologyError(f"{path}: {why}")
+
+    cluster_id = doc.get("cluster_id")
+    need(isinstance(cluster_id, str) and 0 < len(cluster_id) <= 64, "cluster_id must be a string of 1..64 characters")
+    primary_zone = doc.get("primary_zone", "")
+    need(isinstance(primary_zone, str), "primary_zone must be a string")
+    tick_ms = doc.get("timing", {}).get("tick_ms", TICK_MS_DEFAULT)
+    need(isinstance(tick_ms, int) and 1 <= tick_ms <= 1000, "timing.tick_ms must be an integer 1..1000")
+    raw = doc.get("replica")
+    need(isinstance(raw, list) and len(raw) in (1, 3, 5, 7), "there must be 1, 3, 5 or 7 [[replica]] tables")
+    replicas = []
+    for i, r in enumerate(raw):
+        where = f"replica #{i + 1}"
+        rid = r.get("id")
+        m = _ID.match(rid) if isinstance(rid, str) else None
+        need(m is not None, f"{where}: id must look like r1, r2, ... (got {rid!r})")
+        where = f"replica {rid}"
+        for key in ("city", "data_center", "address", "data_dir"):
+            need(isinstance(r.get(key), str) and r[key], f"{where}: {key} must be a non-empty string")
+        host, _, port = r["address"].rpartition(":")
+        need(bool(host) and port.isdigit() and 0 < int(port) < 65536, f"{where}: address must be host:port")
+        mp = r.get("metrics_port")
+        need(isinstance(mp, int) and 0 < mp < 65536, f"{where}: metrics_port must be a port number")
+        replicas.append(
+            ReplicaSpec(rid, int(m.group(1)), r["city"], r["data_center"], r["address"], mp, Path(r["data_dir"]))
+        )
+    ids = [r.id for r in replicas]
+    need(len(set(ids)) == len(ids), f"replica ids must be distinct: {ids}")
+    addrs = [r.address for r in replicas]
+    need(len(set(addrs)) == len(addrs), "replica addresses must be distinct")
+    ports = [r.metrics_port for r in replicas]
+    need(len(set(ports)) == len(ports), "metrics ports must be distinct")
+    zones = {r.data_center for r in replicas} | {r.city for r in replicas}
+    need(not primary_zone or primary_zone in zones, f"primary_zone {primary_zone!r} names no city or data center")
+    return Topology(path, cluster_id, primary_zone, tick_ms, tuple(replicas))

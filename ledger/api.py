@@ -1,0 +1,429 @@
+"""The public gRPC services (Ledger, KV, Cluster): validate, convert, submit, answer.
+
+Each handler validates the request (a malformed request is refused before
+anything is proposed, so it changes nothing), converts it to ledger commands
+or a query, and goes through the ``Driver``: writes are group-committed, reads
+are linearizable unless the request asks for ``LOCAL`` consistency.
+
+Errors are ``ledger.errors`` exceptions; ``_guard`` turns them into gRPC
+statuses through ``errors.status_of``, the one mapping. Per-event ledger
+results are never RPC errors: they are codes in the response.
+
+128-bit fields are ``bytes``: empty (zero) or exactly 16 bytes, big-endian.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any
+
+import grpc
+
+from cluster import topology as topo
+from ledger import commands as cmd
+from ledger import errors
+from ledger import server_sm as sm
+from ledger.api_proto import pb, pb_grpc
+from ledger.codes import CreateAccountResult, CreateTransferResult
+from ledger.model import U16_MAX, U32_MAX, Account, Transfer
+
+EVENTS_PER_REQUEST_MAX = cmd.EVENTS_PER_COMMAND_MAX  # 8,190
+LOOKUP_IDS_MAX = 8190
+QUERY_LIMIT_MAX = 8190
+RANGE_LIMIT_MAX = 8189  # one more is fetched to tell whether there is more
+RANGE_LIMIT_DEFAULT = 1000
+STATUS_PEER_TIMEOUT_S = 1.0
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def u128(raw: bytes, name: str) -> int:
+    if len(raw) == 16:
+        return int.from_bytes(raw, "big")
+    if len(raw) == 0:
+        return 0
+    raise errors.InvalidArgument(
+        f"{name}: a 128-bit value is empty (zero) or exactly 16 bytes big-endian, got {len(raw)} bytes"
+    )
+
+
+def u128_bytes(value: int) -> bytes:
+    return value.to_bytes(16, "big")
+
+
+def _range(value: int, maximum: int, name: str) -> int:
+    if not 0 <= value <= maximum:
+        raise errors.InvalidArgument(f"{name}: {value} is outside 0..{maximum}")
+    return value
+
+
+def account_from_pb(a, i: int) -> Account:
+    p = f"accounts[{i}]"
+    return Account(
+        id=u128(a.id, f"{p}.id"),
+        ledger=a.ledger,
+        code=_range(a.code, U16_MAX, f"{p}.code"),
+        flags=_range(a.flags, U16_MAX, f"{p}.flags"),
+        debits_pending=u128(a.debits_pending, f"{p}.debits_pending"),
+        debits_posted=u128(a.debits_posted, f"{p}.debits_posted"),
+        credits_pending=u128(a.credits_pending, f"{p}.credits_pending"),
+        credits_posted=u128(a.credits_posted, f"{p}.credits_posted"),
+        user_data_128=u128(a.user_data_128, f"{p}.user_data_128"),
+        user_data_64=a.user_data_64,
+        user_data_32=a.user_data_32,
+        timestamp=a.timestamp,
+    )
+
+
+def account_to_pb(a: Account):
+    return pb.Account(
+        id=u128_bytes(a.id),
+        debits_pending=u128_bytes(a.debits_pending),
+        debits_posted=u128_bytes(a.debits_posted),
+        credits_pending=u128_bytes(a.credits_pending),
+        credits_posted=u128_bytes(a.credits_posted),
+        user_data_128=u128_bytes(a.user_data_128),
+        user_data_64=a.user_data_64,
+        user_data_32=a.user_data_32,
+        ledger=a.ledger,
+        code=a.code,
+        flags=a.flags,
+        timestamp=a.timestamp,
+    )
+
+
+def transfer_from_pb(t, i: int) -> Transfer:
+    p = f"transfers[{i}]"
+    return Transfer(
+        id=u128(t.id, f"{p}.id"),
+        debit_account_id=u128(t.debit_account_id, f"{p}.debit_account_id"),
+        credit_account_id=u128(t.credit_account_id, f"{p}.credit_account_id"),
+        amount=u128(t.amount, f"{p}.amount"),
+        pending_id=u128(t.pending_id, f"{p}.pending_id"),
+        user_data_128=u128(t.user_data_128, f"{p}.user_data_128"),
+        user_data_64=t.user_data_64,
+        user_data_32=t.user_data_32,
+        timeout=t.timeout,
+        ledger=t.ledger,
+        code=_range(t.code, U16_MAX, f"{p}.code"),
+        flags=_range(t.flags, U16_MAX, f"{p}.flags"),
+        timestamp=t.timestamp,
+    )
+
+
+def transfer_to_pb(t: Transfer):
+    return pb.Transfer(
+        id=u128_bytes(t.id),
+        debit_account_id=u128_bytes(t.debit_account_id),
+        credit_account_id=u128_bytes(t.credit_account_id),
+        amount=u128_bytes(t.amount),
+        pending_id=u128_bytes(t.pending_id),
+        user_data_128=u128_bytes(t.user_data_128),
+        user_data_64=t.user_data_64,
+        user_data_32=t.user_data_32,
+        timeout=t.timeout,
+        ledger=t.ledger,
+        code=t.code,
+        flags=t.flags,
+        timestamp=t.timestamp,
+    )
+
+
+def _batch_size(n: int, what: str) -> None:
+    if n == 0:
+        raise errors.InvalidArgument(f"{what}: the batch is empty; send 1..{EVENTS_PER_REQUEST_MAX} events")
+    if n > EVENTS_PER_REQUEST_MAX:
+        raise errors.BatchTooLarge(
+            f"{what}: {n} events is above the limit of {EVENTS_PER_REQUEST_MAX} per request; "
+            "split the batch (ledger.client.Batcher does this)"
+        )
+
+
+def _ids(raw_ids, what: str) -> list[int]:
+    if len(raw_ids) > LOOKUP_IDS_MAX:
+        raise errors.BatchTooLarge(f"{what}: at most {LOOKUP_IDS_MAX} ids per request, got {len(raw_ids)}")
+    return [u128(r, f"ids[{i}]") for i, r in enumerate(raw_ids)]
+
+
+def _results(codes, enum) -> list:
+    out = []
+    for i, code in enumerate(codes):
+        code = int(code)
+        try:
+            name = enum(code).name.lower()
+        except ValueError:
+            name = f"code_{code}"
+        out.append(pb.EventResult(index=i, code=code, name=name))
+    return out
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e8:
+        return None
+    return time.monotonic() + remaining
+
+
+def _guard(method):
+    """Map ``ledger.errors`` exceptions to gRPC statuses (via errors.status_of)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except errors.LedgerError as e:
+            code, metadata = errors.status_of(e)
+            self.driver.metrics.labels(self.driver.metrics.errors, code=code.name).inc()
+            context.set_trailing_metadata(metadata)
+            await context.abort(code, e.message)
+
+    return wrapper
+
+
+class _Base:
+    def __init__(self, driver, topology: topo.Topology) -> None:
+        self.driver = driver
+        self.topology = topology
+
+    async def _read(self, read_options, context, query):
+        """Run ``query(tables)`` linearizably (default) or on local state."""
+        if read_options.consistency != pb.LOCAL:
+            await self.driver.read_barrier(_deadline(context))
+        with self.driver.storage.reader() as tables:
+            return query(tables)
+
+    def _count_results(self, codes, enum) -> None:
+        m = self.driver.metrics
+        for code in codes:
+            if code:
+                try:
+                    name = enum(int(code)).name.lower()
+                except ValueError:
+                    name = str(int(code))
+                m.labels(m.event_results, result=name).inc()
+
+
+# ---------------------------------------------------------------- Ledger
+
+
+class LedgerService(_Base, pb_grpc.LedgerServicer):
+    @_guard
+    async def CreateAccounts(self, request, context):
+        n = len(request.accounts)
+        _batch_size(n, "CreateAccounts")
+        accounts = [account_from_pb(a, i) for i, a in enumerate(request.accounts)]
+        command = cmd.CreateAccounts.of(accounts)
+        codes = await self.driver.submit(command, n, len(command.events), _deadline(context))
+        codes = sm.create_codes(codes, n)
+        self._count_results(codes, CreateAccountResult)
+        return pb.CreateAccountsResponse(results=_results(codes, CreateAccountResult))
+
+    @_guard
+    async def CreateTransfers(self, request, context):
+        n = len(request.transfers)
+        _batch_size(n, "CreateTransfers")
+        transfers = [transfer_from_pb(t, i) for i, t in enumerate(request.transfers)]
+        command = cmd.CreateTransfers.of(transfers)
+        codes = await self.driver.submit(command, n, len(command.events), _deadline(context))
+        codes = sm.create_codes(codes, n)
+        self._count_results(codes, CreateTransferResult)
+        return pb.CreateTransfersResponse(results=_results(codes, CreateTransferResult))
+
+    @_guard
+    async def LookupAccounts(self, request, context):
+        ids = _ids(request.ids, "LookupAccounts")
+        found = await self._read(request.read, context, lambda t: sm.lookup_accounts(t, ids))
+        return pb.LookupAccountsResponse(accounts=[account_to_pb(a) for a in found])
+
+    @_guard
+    async def LookupTransfers(self, request, context):
+        ids = _ids(request.ids, "LookupTransfers")
+        found = await self._read(request.read, context, lambda t: sm.lookup_transfers(t, ids))
+        return pb.LookupTransfersResponse(transfers=[transfer_to_pb(x) for x in found])
+
+    def _filter(self, request) -> sm.AccountFilter:
+        account_id = u128(request.account_id, "account_id")
+        if account_id == 0:
+            raise errors.InvalidArgument("account_id: must not be zero")
+        limit = request.limit or QUERY_LIMIT_MAX
+        if limit > QUERY_LIMIT_MAX:
+            raise errors.InvalidArgument(f"limit: at most {QUERY_LIMIT_MAX}, got {limit}")
+        if request.timestamp_max and request.timestamp_min > request.timestamp_max:
+            raise errors.InvalidArgument("timestamp_min is above timestamp_max")
+        debits, credits = request.debits, request.credits
+        if not debits and not credits:
+            debits = credits = True  # neither asked: both
+        return sm.AccountFilter(
+            account_id, request.timestamp_min, request.timestamp_max, limit, debits, credits, request.reversed
+        )
+
+    @_guard
+    async def GetAccountTransfers(self, request, context):
+        f = self._filter(request)
+        found = await self._read(request.read, context, lambda t: sm.account_transfers(t, f))
+        return pb.GetAccountTransfersResponse(transfers=[transfer_to_pb(x) for x in found])
+
+    @_guard
+    async def GetAccountBalances(self, request, context):
+        f = self._filter(request)
+        found = await self._read(request.read, context, lambda t: sm.account_balances(t, f))
+        return pb.GetAccountBalancesResponse(
+            balances=[
+                pb.AccountBalance(
+                    debits_pending=u128_bytes(b.debits_pending),
+                    debits_posted=u128_bytes(b.debits_posted),
+                    credits_pending=u128_bytes(b.credits_pending),
+                    credits_posted=u128_bytes(b.credits_posted),
+                    timestamp=b.timestamp,
+                )
+                for b in found
+            ]
+        )
+
+
+# ---------------------------------------------------------------- KV
+
+
+def _key(key: bytes) -> bytes:
+    if not key:
+        raise errors.InvalidArgument("key: must not be empty")
+    if len(key) > cmd.KV_KEY_BYTES_MAX:
+        raise errors.InvalidArgument(f"key: {len(key)} bytes is above the limit of {cmd.KV_KEY_BYTES_MAX}")
+    return key
+
+
+def _value(value: bytes) -> bytes:
+    if len(value) > cmd.KV_VALUE_BYTES_MAX:
+        raise errors.InvalidArgument(
+            f"value: {len(value)} bytes is above the limit of {cmd.KV_VALUE_BYTES_MAX}"
+        )
+    return value
+
+
+class KVService(_Base, pb_grpc.KVServicer):
+    @_guard
+    async def Put(self, request, context):
+        command = cmd.KvPut(_key(request.key), _value(request.value))
+        result = await self.driver.submit(command, 1, len(request.key) + len(request.value), _deadline(context))
+        code, version = sm.kv_result(result)
+        return pb.PutResponse(version=version)
+
+    @_guard
+    async def Get(self, request, context):
+        key = _key(request.key)
+        found = await self._read(request.read, context, lambda t: sm.kv_get(t, key))
+        if found is None:
+            return pb.GetResponse(found=False)
+        value, version = found
+        return pb.GetResponse(found=True, value=value, version=version)
+
+    @_guard
+    async def Delete(self, request, context):
+        command = cmd.KvDelete(_key(request.key))
+        result = await self.driver.submit(command, 1, len(request.key), _deadline(context))
+        code, _version = sm.kv_result(result)
+        return pb.DeleteResponse(deleted=code == 0)
+
+    @_guard
+    async def CompareAndSet(self, request, context):
+        command = cmd.KvCas(_key(request.key), request.expected_version, _value(request.value))
+        result = await self.driver.submit(command, 1, len(request.key) + len(request.value), _deadline(context))
+        code, version = sm.kv_result(result)
+        return pb.CompareAndSetResponse(ok=code == 0, version=version)
+
+    @_guard
+    async def Range(self, request, context):
+        limit = request.limit or RANGE_LIMIT_DEFAULT
+        if limit > RANGE_LIMIT_MAX:
+            raise errors.InvalidArgument(f"limit: at most {RANGE_LIMIT_MAX}, got {limit}")
+        if request.prefix:
+            start = request.prefix
+            end = _prefix_end(request.prefix)
+        else:
+            start = request.start
+            end = request.end or None
+        rows = await self._read(request.read, context, lambda t: sm.kv_range(t, start, end, limit + 1))
+        more = len(rows) > limit
+        return pb.RangeResponse(
+            items=[pb.KeyValue(key=k, value=v, version=ver) for k, v, ver in rows[:limit]], more=more
+        )
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key above every key with this prefix (None: no bound)."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+# ---------------------------------------------------------------- Cluster
+
+
+class ClusterService(_Base, pb_grpc.ClusterServicer):
+    @_guard
+    async def Status(self, request, context):
+        d = self.driver
+        mine = d.status()
+        replicas = {mine["id"]: pb.ReplicaStatus(**mine)}
+        if request.all:
+            replicas.update(await self._peer_statuses())
+        leader = d.leader_spec
+        ordered = [replicas.get(r.id) or _unreachable(r) for r in self.topology.replicas] if request.all else [
+            replicas[mine["id"]]
+        ]
+        return pb.StatusResponse(
+            cluster_id=self.topology.cluster_id,
+            primary_zone=self.topology.primary_zone,
+            leader_id=leader.id if leader else "",
+            replicas=ordered,
+        )
+
+    async def _peer_statuses(self) -> dict:
+        async def ask(spec: topo.ReplicaSpec):
+            try:
+                async with grpc.aio.insecure_channel(spec.address) as ch:
+                    resp = await pb_grpc.ClusterStub(ch).Status(
+                        pb.StatusRequest(all=False), timeout=STATUS_PEER_TIMEOUT_S
+                    )
+                    return spec.id, resp.replicas[0]
+            except Exception:
+                return spec.id, None
+
+        others = [r for r in self.topology.replicas if r.id != self.driver.spec.id]
+        answers = await asyncio.gather(*(ask(r) for r in others))
+        return {rid: st for rid, st in answers if st is not None}
+
+    @_guard
+    async def TransferLeader(self, request, context):
+        try:
+            target = self.topology.replica(request.target_id)
+        except topo.TopologyError as e:
+            raise errors.InvalidArgument(str(e)) from None
+        leader = await self.driver.transfer_leadership(target, _deadline(context))
+        return pb.TransferLeaderResponse(leader_id=leader)
+
+
+def _unreachable(spec: topo.ReplicaSpec):
+    return pb.ReplicaStatus(
+        id=spec.id, address=spec.address, city=spec.city, data_center=spec.data_center,
+        role="unreachable", reachable=False,
+    )
+
+
+def add_services(server, driver, topology: topo.Topology) -> None:
+    pb_grpc.add_LedgerServicer_to_server(LedgerService(driver, topology), server)
+    pb_grpc.add_KVServicer_to_server(KVService(driver, topology), server)
+    pb_grpc.add_ClusterServicer_to_server(ClusterService(driver, topology), server)
+
+
+_ = Any

@@ -1,0 +1,461 @@
+"""Python client of the ledger cluster.
+
+    from ledger.client import Client
+    with Client(["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]) as c:
+        c.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        c.create_transfers([Transfer(id=10, debit_account_id=1, credit_account_id=2,
+                                     amount=100, ledger=1, code=1)])
+
+``AsyncClient`` is the asyncio original; ``Client`` runs it on a private
+event loop for synchronous code. Both:
+
+* find the leader: a follower answers UNAVAILABLE with the leader's address
+  in trailing metadata and the client goes there; with no hint it tries the
+  next address, with capped backoff;
+* retry a write after a timeout, a lost connection or a failover with the
+  *same* request, so the same event ids: the ledger answers ``exists`` for
+  an event that already landed, so a retried transfer is booked exactly once
+  (``create_*`` results report ``exists`` for events that landed on an
+  earlier attempt: treat ``ok`` and ``exists`` alike as success);
+* back off on RESOURCE_EXHAUSTED;
+* give up after the overall ``timeout_s`` with ``errors.DeadlineExceeded``.
+
+KV Delete and CompareAndSet are not idempotent, so they are retried only when
+the replica certainly did not process them (it said it is not the leader);
+an ambiguous failure raises ``errors.OutcomeUnknown``.
+
+``Batcher`` groups single events from many concurrent callers into requests
+of up to 8,190 events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import grpc
+
+from ledger import errors
+from ledger.api_proto import pb, pb_grpc
+from ledger.model import Account, AccountBalance, Transfer
+
+EVENTS_PER_REQUEST_MAX = 8190
+TIMEOUT_S_DEFAULT = 10.0
+ATTEMPT_TIMEOUT_S_DEFAULT = 2.0
+BACKOFF_MIN_S = 0.01
+BACKOFF_MAX_S = 0.5
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.enable_retries", 0),
+]
+
+LINEARIZABLE = pb.LINEARIZABLE
+LOCAL = pb.LOCAL
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    index: int
+    code: int
+    name: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+def _u128(value: int) -> bytes:
+    return value.to_bytes(16, "big")
+
+
+def _int(raw: bytes) -> int:
+    return int.from_bytes(raw, "big") if raw else 0
+
+
+def account_pb(a: Account):
+    return pb.Account(
+        id=_u128(a.id), user_data_128=_u128(a.user_data_128), user_data_64=a.user_data_64,
+        user_data_32=a.user_data_32, ledger=a.ledger, code=a.code, flags=int(a.flags),
+        debits_pending=_u128(a.debits_pending), debits_posted=_u128(a.debits_posted),
+        credits_pending=_u128(a.credits_pending), credits_posted=_u128(a.credits_posted),
+        timestamp=a.timestamp,
+    )
+
+
+def account_model(a) -> Account:
+    return Account(
+        id=_int(a.id), ledger=a.ledger, code=a.code, flags=a.flags,
+        debits_pending=_int(a.debits_pending), debits_posted=_int(a.debits_posted),
+        credits_pending=_int(a.credits_pending), credits_posted=_int(a.credits_posted),
+        user_data_128=_int(a.user_data_128), user_data_64=a.user_data_64,
+        user_data_32=a.user_data_32, timestamp=a.timestamp,
+    )
+
+
+def transfer_pb(t: Transfer):
+    return pb.Transfer(
+        id=_u128(t.id), debit_account_id=_u128(t.debit_account_id),
+        credit_account_id=_u128(t.credit_account_id), amount=_u128(t.amount),
+        pending_id=_u128(t.pending_id), user_data_128=_u128(t.user_data_128),
+        user_data_64=t.user_data_64, user_data_32=t.user_data_32, timeout=t.timeout,
+        ledger=t.ledger, code=t.code, flags=int(t.flags), timestamp=t.timestamp,
+    )
+
+
+def transfer_model(t) -> Transfer:
+    return Transfer(
+        id=_int(t.id), debit_account_id=_int(t.debit_account_id),
+        credit_account_id=_int(t.credit_account_id), amount=_int(t.amount),
+        ledger=t.ledger, code=t.code, flags=t.flags, pending_id=_int(t.pending_id),
+        timeout=t.timeout, user_data_128=_int(t.user_data_128), user_data_64=t.user_data_64,
+        user_data_32=t.user_data_32, timestamp=t.timestamp,
+    )
+
+
+_STUBS = {
+    "Ledger": pb_grpc.LedgerStub,
+    "KV": pb_grpc.KVStub,
+    "Cluster": pb_grpc.ClusterStub,
+}
+
+
+class AsyncClient:
+    """Leader-following, retrying asyncio client (see the module docstring)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        if not addresses:
+            raise ValueError("give at least one replica address (host:port)")
+        self.addresses = list(addresses)
+        self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._leader: str | None = None
+        self._next = 0
+        self.retries = 0  # attempts beyond the first, for tests and benchmarks
+
+    @classmethod
+    def for_topology(cls, topology_path: str, **kwargs) -> "AsyncClient":
+        from cluster import topology
+
+        return cls([r.address for r in topology.load(topology_path).replicas], **kwargs)
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _stub(self, address: str, service: str):
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return _STUBS[service](ch)
+
+    def _pick(self) -> str:
+        if self._leader:
+            return self._leader
+        address = self.addresses[self._next % len(self.addresses)]
+        return address
+
+    def _rotate(self, failed: str) -> None:
+        if self._leader == failed:
+            self._leader = None
+        if failed in self.addresses:
+            self._next = self.addresses.index(failed) + 1
+        else:
+            self._next += 1
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        *,
+        idempotent: bool = True,
+        address: str | None = None,
+        timeout_s: float | None = None,
+    ):
+        """One RPC with leader discovery and retries; ``address`` pins one replica."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        backoff = BACKOFF_MIN_S
+        last: BaseException | None = None
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.DeadlineExceeded(
+                    f"{service}.{method}: no answer within {timeout_s or self.timeout_s:.1f}s "
+                    f"(last error: {last}); is a majority of the replicas running?"
+                )
+            target = address or self._pick()
+            if attempt:
+                self.retries += 1
+            attempt += 1
+            try:
+                rpc = getattr(self._stub(target, service), method)
+                response = await rpc(request, timeout=min(self.attempt_timeout_s, remaining))
+                if address is None and service != "Cluster":
+                    self._leader = target
+                return response
+            except grpc.aio.AioRpcError as e:
+                err = errors.from_status(e.code(), e.details() or "", e.trailing_metadata())
+                last = err or e
+                code = e.code()
+                if isinstance(err, errors.NotLeader):
+                    if address is not None:
+                        raise err from None
+                    if err.leader_address and err.leader_address != target:
+                        self._leader = err.leader_address
+                        continue  # go straight to the named leader
+                    self._rotate(target)
+                elif isinstance(err, errors.RequestError):
+                    raise err from None
+                elif isinstance(err, errors.Overloaded):
+                    pass  # back off below, same replica
+                elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or isinstance(
+                    err, (errors.OutcomeUnknown, errors.DeadlineExceeded, errors.ReplicaStopped)
+                ):
+                    # The replica went away, timed out, or lost leadership: the
+                    # request may or may not have been applied.
+                    if not idempotent:
+                        raise errors.OutcomeUnknown(
+                            f"{service}.{method}: the outcome is unknown ({e.details()}); "
+                            "read the key to see whether it was applied"
+                        ) from None
+                    if address is not None:
+                        raise (err or e) from None
+                    self._rotate(target)
+                else:
+                    raise (err or e) from None
+            await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())) * (0.5 + random.random()))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    # ---------------------------------------------------------------- ledger
+
+    async def create_accounts(self, accounts: Iterable[Account]) -> list[EventResult]:
+        request = pb.CreateAccountsRequest(accounts=[account_pb(a) for a in accounts])
+        response = await self.call("Ledger", "CreateAccounts", request)
+        return [EventResult(r.index, r.code, r.name) for r in response.results]
+
+    async def create_transfers(self, transfers: Iterable[Transfer]) -> list[EventResult]:
+        request = pb.CreateTransfersRequest(transfers=[transfer_pb(t) for t in transfers])
+        response = await self.call("Ledger", "CreateTransfers", request)
+        return [EventResult(r.index, r.code, r.name) for r in response.results]
+
+    async def lookup_accounts(self, ids: Iterable[int], *, consistency=LINEARIZABLE, address=None) -> list[Account]:
+        request = pb.LookupAccountsRequest(ids=[_u128(i) for i in ids], read=pb.ReadOptions(consistency=consistency))
+        response = await self.call("Ledger", "LookupAccounts", request, address=address)
+        return [account_model(a) for a in response.accounts]
+
+    async def lookup_transfers(self, ids: Iterable[int], *, consistency=LINEARIZABLE, address=None) -> list[Transfer]:
+        request = pb.LookupTransfersRequest(ids=[_u128(i) for i in ids], read=pb.ReadOptions(consistency=consistency))
+        response = await self.call("Ledger", "LookupTransfers", request, address=address)
+        return [transfer_model(t) for t in response.transfers]
+
+    def _filter(self, account_id, timestamp_min, timestamp_max, limit, debits, credits, reversed_, consistency):
+        return pb.AccountFilter(
+            account_id=_u128(account_id), timestamp_min=timestamp_min, timestamp_max=timestamp_max,
+            limit=limit, debits=debits, credits=credits, reversed=reversed_,
+            read=pb.ReadOptions(consistency=consistency),
+        )
+
+    async def get_account_transfers(
+        self, account_id: int, *, timestamp_min=0, timestamp_max=0, limit=8190,
+        debits=True, credits=True, reversed=False, consistency=LINEARIZABLE,
+    ) -> list[Transfer]:
+        f = self._filter(account_id, timestamp_min, timestamp_max, limit, debits, credits, reversed, consistency)
+        response = await self.call("Ledger", "GetAccountTransfers", f)
+        return [transfer_model(t) for t in response.transfers]
+
+    async def get_account_balances(
+        self, account_id: int, *, timestamp_min=0, timestamp_max=0, limit=8190,
+        debits=True, credits=True, reversed=False, consistency=LINEARIZABLE,
+    ) -> list[AccountBalance]:
+        f = self._filter(account_id, timestamp_min, timestamp_max, limit, debits, credits, reversed, consistency)
+        response = await self.call("Ledger", "GetAccountBalances", f)
+        return [
+            AccountBalance(b.timestamp, _int(b.debits_pending), _int(b.debits_posted),
+                           _int(b.credits_pending), _int(b.credits_posted))
+            for b in response.balances
+        ]
+
+    # ---------------------------------------------------------------- kv
+
+    async def kv_put(self, key: bytes, value: bytes) -> int:
+        response = await self.call("KV", "Put", pb.PutRequest(key=key, value=value))
+        return response.version
+
+    async def kv_get(self, key: bytes, *, consistency=LINEARIZABLE, address=None) -> tuple[bytes, int] | None:
+        response = await self.call(
+            "KV", "Get", pb.GetRequest(key=key, read=pb.ReadOptions(consistency=consistency)), address=address
+        )
+        return (response.value, response.version) if response.found else None
+
+    async def kv_delete(self, key: bytes) -> bool:
+        response = await self.call("KV", "Delete", pb.DeleteRequest(key=key), idempotent=False)
+        return response.deleted
+
+    async def kv_cas(self, key: bytes, expected_version: int, value: bytes) -> tuple[bool, int]:
+        response = await self.call(
+            "KV", "CompareAndSet",
+            pb.CompareAndSetRequest(key=key, expected_version=expected_version, value=value),
+            idempotent=False,
+        )
+        return response.ok, response.version
+
+    async def kv_range(
+        self, *, prefix: bytes = b"", start: bytes = b"", end: bytes = b"", limit: int = 1000,
+        consistency=LINEARIZABLE,
+    ) -> tuple[list[tuple[bytes, bytes, int]], bool]:
+        response = await self.call(
+            "KV", "Range",
+            pb.RangeRequest(prefix=prefix, start=start, end=end, limit=limit,
+                            read=pb.ReadOptions(consistency=consistency)),
+        )
+        return [(i.key, i.value, i.version) for i in response.items], response.more
+
+    # ---------------------------------------------------------------- cluster
+
+    async def status(self, *, all: bool = True, address: str | None = None):
+        """The cluster's status as seen by one reachable replica (any will do)."""
+        last: BaseException | None = None
+        for target in ([address] if address else [self._leader or self.addresses[0]] + self.addresses):
+            if target is None:
+                continue
+            try:
+                return await self._stub(target, "Cluster").Status(
+                    pb.StatusRequest(all=all), timeout=min(self.attempt_timeout_s, 3.0)
+                )
+            except grpc.aio.AioRpcError as e:
+                last = e
+        raise errors.NotLeader(
+            f"no replica answered a status request ({last.details() if isinstance(last, grpc.aio.AioRpcError) else last}); "
+            "are the replicas running? (python -m cluster status)"
+        )
+
+    async def transfer_leader(self, target_id: str) -> str:
+        response = await self.call(
+            "Cluster", "TransferLeader", pb.TransferLeaderRequest(target_id=target_id), idempotent=True
+        )
+        self._leader = None
+        return response.leader_id
+
+
+class Batcher:
+    """Groups single transfers (or accounts) of concurrent callers into large requests.
+
+        batcher = Batcher(client)
+        result = await batcher.create_transfer(transfer)   # from many tasks at once
+
+    A request is sent when ``events_max`` events are waiting or ``linger_s``
+    after the first one arrived, whichever comes first.
+    """
+
+    def __init__(self, client: AsyncClient, *, events_max: int = EVENTS_PER_REQUEST_MAX, linger_s: float = 0.001):
+        assert 1 <= events_max <= EVENTS_PER_REQUEST_MAX
+        self.client = client
+        self.events_max = events_max
+        self.linger_s = linger_s
+        self._pending: dict[str, list[tuple[Any, asyncio.Future]]] = {"transfers": [], "accounts": []}
+        self._timers: dict[str, asyncio.TimerHandle | None] = {"transfers": None, "accounts": None}
+
+    async def create_transfer(self, transfer: Transfer) -> EventResult:
+        return await self._add("transfers", transfer)
+
+    async def create_account(self, account: Account) -> EventResult:
+        return await self._add("accounts", account)
+
+    async def _add(self, kind: str, event) -> EventResult:
+        future = asyncio.get_running_loop().create_future()
+        pending = self._pending[kind]
+        pending.append((event, future))
+        if len(pending) >= self.events_max:
+            self._flush(kind)
+        elif self._timers[kind] is None:
+            self._timers[kind] = asyncio.get_running_loop().call_later(self.linger_s, self._flush, kind)
+        return await future
+
+    def _flush(self, kind: str) -> None:
+        timer = self._timers[kind]
+        if timer is not None:
+            timer.cancel()
+            self._timers[kind] = None
+        batch, self._pending[kind] = self._pending[kind], []
+        if batch:
+            asyncio.get_running_loop().create_task(self._send(kind, batch))
+
+    async def _send(self, kind: str, batch) -> None:
+        events = [e for e, _ in batch]
+        try:
+            if kind == "transfers":
+                results = await self.client.create_transfers(events)
+            else:
+                results = await self.client.create_accounts(events)
+        except BaseException as e:
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(e)
+            return
+        for (_, f), r in zip(batch, results):
+            if not f.done():
+                f.set_result(r)
+
+
+class Client:
+    """Synchronous facade over ``AsyncClient`` (same methods, same retries)."""
+
+    def __init__(self, addresses: Sequence[str], **kwargs) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._async = AsyncClient(addresses, **kwargs)
+
+    @classmethod
+    def for_topology(cls, topology_path: str, **kwargs) -> "Client":
+        from cluster import topology
+
+        return cls([r.address for r in topology.load(topology_path).replicas], **kwargs)
+
+    @property
+    def retries(self) -> int:
+        return self._async.retries
+
+    def __getattr__(self, name: str):
+        method = getattr(self._async, name)
+        if not asyncio.iscoroutinefunction(method):
+            return method
+
+        def run(*args, **kwargs):
+            with self._lock:
+                return self._loop.run_until_complete(method(*args, **kwargs))
+
+        return run
+
+    def close(self) -> None:
+        with self._lock:
+            self._loop.run_until_complete(self._async.close())
+            self._loop.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

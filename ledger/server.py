@@ -1,0 +1,657 @@
+"""The replica process: one asyncio event loop, one driver task, gRPC all round.
+
+    python -m ledger.server --topology cluster/topologies/one-city.toml --id r2 [--data DIR]
+
+Wiring (imports point one way: this module wires, nothing imports it back)::
+
+    gRPC handlers (ledger.api) --submit/read--> Driver --propose/step/tick--> consensus.Replica
+    peers' streams (ledger.server_peers) --deliver------^        |
+                                                                  v ready()
+        1. persist + apply   ledger.storage.write_step (one synced LMDB txn, own thread)
+        2. send              PeerTransport.send
+        3. answer            futures of the waiting requests and reads
+
+The driver is the only code that touches the ``Replica``. It runs in turns;
+a turn starts when something arrived (a peer message, a client write or read)
+or the next tick is due:
+
+    ticks from the monotonic clock (every tick that elapsed: never skipped, the
+    leader lease counts them) -> step every queued peer message -> propose ALL
+    queued client writes as ONE slot value (group commit; split only at the
+    batch limits) -> register linearizable reads -> ready(): persist, send,
+    apply, answer.
+
+While step N's fsync runs in the storage thread, requests keep arriving and
+queue up for step N+1, so one fsync covers everything that arrived meanwhile.
+
+Limits: the proposal queue holds at most ``QUEUE_EVENTS_MAX`` events; beyond
+that a write is answered RESOURCE_EXHAUSTED at once. A write whose deadline
+passes before it is proposed is never proposed.
+
+A storage failure (full disk, I/O error) means the step did not happen: the
+driver stops (answers FAILED_PRECONDITION to new requests), retries the same
+step with backoff, and only then sends its messages, so nothing promised or
+accepted is ever sent before it is durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cluster import topology as topo
+from consensus import Config, Refused, RefuseReason, Replica, Role
+from consensus.messages import Message
+from ledger import commands as cmd
+from ledger import digest as digest_mod
+from ledger import errors
+from ledger.api_proto import SERVICE_NAMES
+from ledger.metrics import ReplicaMetrics, log, setup_logging
+from ledger.server_peers import PeerServicer, PeerTransport
+from ledger.storage import ReplicaStorage, StorageError, StorageUnavailable
+
+# ---------------------------------------------------------------- limits
+
+QUEUE_EVENTS_MAX = 262_144  # events waiting to be proposed, all clients together
+QUEUE_REQUESTS_MAX = 16_384
+# One slot value: well below consensus slot_bytes_max (16 MiB) and the batch
+# format's own limit, leaving room for msgpack framing.
+SLOT_EVENT_BYTES_MAX = 8 * 1024 * 1024
+SLOT_COMMANDS_MAX = cmd.COMMANDS_PER_BATCH_MAX
+INBOX_MESSAGES_MAX = 100_000  # peer messages waiting for the driver; beyond: dropped
+READS_WAITING_MAX = 10_000
+STORAGE_RETRY_MIN_S = 0.05
+STORAGE_RETRY_MAX_S = 2.0
+SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+
+COMMAND_OVERHEAD_BYTES = 64  # msgpack framing of one command, generously
+assert SLOT_EVENT_BYTES_MAX + COMMAND_OVERHEAD_BYTES * SLOT_COMMANDS_MAX < cmd.BATCH_BYTES_MAX
+assert cmd.EVENTS_PER_COMMAND_MAX * 128 <= SLOT_EVENT_BYTES_MAX
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    command: Any  # a ledger.commands command
+    events: int
+    nbytes: int
+    future: asyncio.Future
+    arrived: float
+    deadline: float | None  # monotonic; None: no deadline
+    abandoned: bool = False
+
+
+@dataclass(slots=True)
+class Inflight:
+    value: bytes
+    writes: list[PendingWrite]
+    proposed_at: float
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What applying one ready's committed entries produced, by slot."""
+
+    results: dict[int, list] = field(default_factory=dict)
+
+
+class Driver:
+    """The single owner of the consensus replica; see the module docstring."""
+
+    def __init__(
+        self,
+        topology: topo.Topology,
+        spec: topo.ReplicaSpec,
+        storage: ReplicaStorage,
+        apply_value: Callable[[Any, int, bytes], list],
+        metrics: ReplicaMetrics,
+        logger: logging.Logger,
+        seed: int | None = None,
+    ) -> None:
+        self.topology = topology
+        self.spec = spec
+        self.storage = storage
+        self.apply_value = apply_value
+        self.metrics = metrics
+        self.logger = logger
+        numbers = tuple(r.number for r in topology.replicas)
+        self.config = Config(replica_id=spec.number, replica_ids=numbers)
+        durable = storage.load()
+        self.replica = Replica(self.config, durable, random.Random(seed if seed is not None else os.urandom(16)))
+        self.tick_s = topology.tick_ms / 1000.0
+        self.applied_below = durable.applied_below
+        self._storage_thread = ThreadPoolExecutor(1, thread_name_prefix="storage")
+        self._wake = asyncio.Event()
+        self._inbox: list[Message] = []
+        self._queue: list[PendingWrite] = []
+        self._queue_events = 0
+        self._inflight: dict[int, Inflight] = {}
+        self._read_tokens = itertools.count(1)
+        self._reads_to_register: list[int] = []
+        self._reads: dict[int, asyncio.Future] = {}
+        self._reads_waiting: list[tuple[int, int]] = []  # (index, token) until applied
+        self._transfer_requests: list[tuple[int, asyncio.Future]] = []
+        self._stopped_reason = ""
+        self._stopping = False
+        self._last_leader = 0
+        self._last_timestamp_ns = 0
+        self.transport: PeerTransport | None = None
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def role(self) -> str:
+        return self.replica.role.value
+
+    @property
+    def leader_spec(self) -> topo.ReplicaSpec | None:
+        return self.topology.by_number(self.replica.leader_id) if self.replica.leader_id else None
+
+    def not_leader(self, what: str) -> errors.NotLeader:
+        leader = self.leader_spec
+        if leader is None:
+            return errors.NotLeader(
+                f"replica {self.spec.id} cannot {what}: no leader is known yet "
+                "(an election is running); retry shortly"
+            )
+        return errors.NotLeader(
+            f"replica {self.spec.id} is not the leader; send this to {leader.id} at {leader.address}",
+            leader.id,
+            leader.address,
+        )
+
+    def _check_serving(self) -> None:
+        if self._stopped_reason:
+            raise errors.ReplicaStopped(
+                f"replica {self.spec.id} stopped accepting requests: {self._stopped_reason}; "
+                "it resumes by itself once storage works again"
+            )
+
+    # ------------------------------------------------------------ client entry points
+
+    async def submit(self, command: Any, events: int, nbytes: int, deadline: float | None) -> Any:
+        """Order ``command`` and return its result from the state machine."""
+        self._check_serving()
+        if self.replica.role is not Role.LEADER:
+            raise self.not_leader("order writes")
+        if (
+            self._queue_events + events > QUEUE_EVENTS_MAX
+            or len(self._queue) >= QUEUE_REQUESTS_MAX
+        ):
+            raise errors.Overloaded(
+                f"replica {self.spec.id}: the proposal queue is full "
+                f"({self._queue_events} events, {len(self._queue)} requests waiting); "
+                "back off and retry with the same ids"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        write = PendingWrite(command, events, nbytes, loop.create_future(), now, deadline)
+        self._queue.append(write)
+        self._queue_events += events
+        self._wake.set()
+        try:
+            if deadline is None:
+                return await asyncio.shield(write.future)
+            return await asyncio.wait_for(asyncio.shield(write.future), max(0.0, deadline - now))
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            write.abandoned = True
+            if not write.future.done():
+                write.future.cancel()
+            raise errors.DeadlineExceeded(
+                "the deadline passed before the write was applied; it may still land: "
+                "retry with the same ids (they make the retry idempotent)"
+            ) from None
+        finally:
+            self.metrics.labels(self.metrics.request_latency).observe(time.monotonic() - now)
+
+    async def read_barrier(self, deadline: float | None) -> None:
+        """Return once a linearizable read may run on the local committed state."""
+        self._check_serving()
+        if self.replica.role is not Role.LEADER:
+            raise self.not_leader("serve linearizable reads")
+        if len(self._reads) >= READS_WAITING_MAX:
+            raise errors.Overloaded(f"replica {self.spec.id}: too many reads waiting; back off")
+        token = next(self._read_tokens)
+        future = asyncio.get_running_loop().create_future()
+        self._reads[token] = future
+        self._reads_to_register.append(token)
+        self._wake.set()
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise errors.DeadlineExceeded("the deadline passed before leadership was confirmed") from None
+        finally:
+            self._reads.pop(token, None)
+
+    async def transfer_leadership(self, target: topo.ReplicaSpec, deadline: float | None) -> str:
+        if self.replica.role is not Role.LEADER:
+            raise self.not_leader("transfer leadership")
+        if target.number == self.spec.number:
+            return self.spec.id
+        future = asyncio.get_running_loop().create_future()
+        self._transfer_requests.append((target.number, future))
+        self._wake.set()
+        await future  # raises NotLeader if refused
+        # Wait until this replica sees the target lead (or the deadline passes).
+        while True:
+            if self.replica.leader_id == target.number:
+                return target.id
+            if deadline is not None and time.monotonic() > deadline:
+                raise errors.DeadlineExceeded(
+                    f"leadership did not reach {target.id} before the deadline; check its status"
+                )
+            await asyncio.sleep(self.tick_s)
+
+    # ------------------------------------------------------------ peer entry point
+
+    def deliver(self, messages: list[Message]) -> None:
+        if len(self._inbox) + len(messages) > INBOX_MESSAGES_MAX:
+            return  # overload: dropping is safe, the senders retransmit
+        self._inbox.extend(messages)
+        self._wake.set()
+
+    # ------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="driver")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+        self._storage_thread.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        origin = time.monotonic()
+        ticks_done = 0
+        try:
+            while not self._stopping:
+                next_tick_at = origin + (ticks_done + 1) * self.tick_s
+                delay = next_tick_at - time.monotonic()
+                if delay > 0 and not self._has_input():
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                due = int((time.monotonic() - origin) / self.tick_s)
+                await self._turn(due - ticks_done)
+                ticks_done = max(ticks_done, due)
+        except Exception:
+            log(self.logger, logging.CRITICAL, "driver loop crashed", exc_info=True)
+            # A broken invariant: crash the process rather than serve wrongly.
+            os._exit(70)
+
+    def _has_input(self) -> bool:
+        return bool(self._inbox or self._queue or self._reads_to_register or self._transfer_requests)
+
+    async def _turn(self, ticks: int) -> None:
+        r = self.replica
+        for _ in range(ticks):
+            r.tick()
+        if self._inbox:
+            inbox, self._inbox = self._inbox, []
+            for m in inbox:
+                r.step(m)
+        self._propose_queued()
+        for target, future in self._transfer_requests:
+            try:
+                r.transfer_leadership(target)
+                future.set_result(None)
+            except Refused as e:
+                future.set_exception(self.not_leader(f"transfer leadership ({e})"))
+        self._transfer_requests.clear()
+        for token in self._reads_to_register:
+            r.read(token)
+        self._reads_to_register.clear()
+
+        ready = r.ready()
+        if not ready.empty:
+            await self._persist_and_apply(ready)
+            if self.transport is not None and ready.messages:
+                self.transport.send(ready.messages)
+            self._answer(ready)
+        self._observe()
+
+    # ------------------------------------------------------------ proposing
+
+    def _propose_queued(self) -> None:
+        r = self.replica
+        if not self._queue:
+            return
+        if r.role is not Role.LEADER:
+            self._fail_queue(self.not_leader("order writes"))
+            return
+        now = time.monotonic()
+        while self._queue:
+            batch: list[PendingWrite] = []
+            event_bytes = 0
+            rest_start = 0
+            for i, w in enumerate(self._queue):
+                if batch and (
+                    len(batch) >= SLOT_COMMANDS_MAX
+                    or event_bytes + w.nbytes + COMMAND_OVERHEAD_BYTES > SLOT_EVENT_BYTES_MAX
+                ):
+                    break
+                rest_start = i + 1
+                if w.abandoned or w.future.done():
+                    self._queue_events -= w.events
+                    continue
+                if w.deadline is not None and w.deadline <= now:
+                    self._queue_events -= w.events
+                    w.future.cancel()
+                    continue
+                batch.append(w)
+                event_bytes += w.nbytes + COMMAND_OVERHEAD_BYTES
+            if not batch:
+                del self._queue[:rest_start]
+                continue
+            timestamp = max(time.time_ns(), self._last_timestamp_ns + 1)
+            value = cmd.encode_batch(timestamp, [w.command for w in batch])
+            try:
+                slot = r.propose(value)
+            except Refused as e:
+                if e.reason is RefuseReason.WINDOW_FULL:
+                    return  # keep them queued; the window opens as slots are chosen
+                if e.reason is RefuseReason.TOO_LARGE:
+                    for w in batch:
+                        self._queue_events -= w.events
+                        w.future.set_exception(errors.InvalidArgument("the request is too large for one slot"))
+                    del self._queue[:rest_start]
+                    continue
+                self._fail_queue(self.not_leader("order writes"))
+                return
+            self._last_timestamp_ns = timestamp
+            del self._queue[:rest_start]
+            for w in batch:
+                self._queue_events -= w.events
+            self._inflight[slot] = Inflight(value, batch, now)
+            m = self.metrics
+            m.labels(m.proposals).inc()
+            m.labels(m.batch_requests).observe(len(batch))
+            m.labels(m.batch_events).observe(sum(w.events for w in batch))
+
+    def _fail_queue(self, error: errors.LedgerError) -> None:
+        for w in self._queue:
+            if not w.future.done():
+                w.future.set_exception(error)
+        self._queue.clear()
+        self._queue_events = 0
+
+    # ------------------------------------------------------------ persist, apply, answer
+
+    async def _persist_and_apply(self, ready) -> None:
+        committed = ready.committed
+        results = StepResult()
+        new_applied = self.applied_below
+        if committed:
+            new_applied = committed[-1][0] + 1
+
+        def apply(tables) -> int:
+            results.results.clear()
+            for slot, value in committed:
+                if slot < self.applied_below:
+                    continue  # already in the state machine (restart re-delivery)
+                results.results[slot] = self.apply_value(tables, slot, value)
+            return max(new_applied, self.applied_below)
+
+        def step() -> float:
+            t0 = time.perf_counter()
+            self.storage.write_step(ready.persist, apply if committed else None)
+            return time.perf_counter() - t0
+
+        if ready.persist.empty and not committed:
+            return
+        loop = asyncio.get_running_loop()
+        backoff = STORAGE_RETRY_MIN_S
+        while True:
+            try:
+                elapsed = await loop.run_in_executor(self._storage_thread, step)
+                break
+            except StorageUnavailable as e:
+                if not self._stopped_reason:
+                    log(self.logger, logging.ERROR, "storage step failed; stopped accepting", error=str(e))
+                self._stopped_reason = f"storage unavailable ({e.cause})"
+                self._fail_queue(errors.ReplicaStopped(self._stopped_reason))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, STORAGE_RETRY_MAX_S)
+        if self._stopped_reason:
+            log(self.logger, logging.INFO, "storage works again; accepting requests")
+            self._stopped_reason = ""
+        self.metrics.labels(self.metrics.fsync_latency).observe(elapsed)
+        self._step_results = results.results
+        if committed:
+            self.applied_below = max(self.applied_below, new_applied)
+
+    def _answer(self, ready) -> None:
+        now = time.monotonic()
+        results = getattr(self, "_step_results", {})
+        self._step_results = {}
+        for slot, value in ready.committed:
+            inflight = self._inflight.pop(slot, None)
+            if inflight is None:
+                continue
+            if inflight.value != value:
+                # Another leader filled our slot: the writes did not happen here.
+                err = errors.OutcomeUnknown(
+                    "leadership changed before the write was chosen; retry with the same ids"
+                )
+                for w in inflight.writes:
+                    if not w.future.done():
+                        w.future.set_exception(err)
+                continue
+            slot_results = results.get(slot)
+            self.metrics.labels(self.metrics.commit_latency).observe(now - inflight.proposed_at)
+            for i, w in enumerate(inflight.writes):
+                if not w.future.done():
+                    w.future.set_result(slot_results[i] if slot_results is not None else None)
+        for rr in ready.reads:
+            self._reads_waiting.append((rr.index, rr.token))
+        for rf in ready.reads_refused:
+            future = self._reads.get(rf.token)
+            if future is not None and not future.done():
+                future.set_exception(self.not_leader(f"serve linearizable reads ({rf.reason.name.lower()})"))
+        if self._reads_waiting:
+            still = []
+            for index, token in self._reads_waiting:
+                if index <= self.applied_below:
+                    future = self._reads.get(token)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+                else:
+                    still.append((index, token))
+            self._reads_waiting = still
+
+    def _observe(self) -> None:
+        r = self.replica
+        m = self.metrics
+        m.set_role(r.role.value)
+        m.labels(m.ballot_round).set(r.ballot.round)
+        m.labels(m.chosen_index).set(r.chosen_below)
+        m.labels(m.applied_index).set(self.applied_below)
+        m.labels(m.queue_requests).set(len(self._queue))
+        if r.leader_id != self._last_leader:
+            m.labels(m.leader_changes).inc()
+            leader = self.topology.by_number(r.leader_id)
+            log(self.logger, logging.INFO, "leader changed",
+                leader=leader.id if leader else None, role=r.role.value)
+            self._last_leader = r.leader_id
+        if r.role is not Role.LEADER and self._queue:
+            self._fail_queue(self.not_leader("order writes"))
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        r = self.replica
+        leader = self.leader_spec
+        return {
+            "id": self.spec.id,
+            "address": self.spec.address,
+            "city": self.spec.city,
+            "data_center": self.spec.data_center,
+            "role": r.role.value,
+            "ballot": str(r.ballot),
+            "chosen_index": r.chosen_below,
+            "applied_index": self.applied_below,
+            "state_digest": digest_mod.to_hex(self.storage.state_digest()),
+            "leader_id": leader.id if leader else "",
+            "pid": os.getpid(),
+            "reachable": True,
+        }
+
+
+# ---------------------------------------------------------------- process
+
+
+class ReplicaProcess:
+    """One replica: storage, driver, peer transport, gRPC server, metrics."""
+
+    def __init__(self, topology: topo.Topology, replica_id: str, seed: int | None = None) -> None:
+        self.topology = topology
+        self.spec = topology.replica(replica_id)
+        self.metrics = ReplicaMetrics(topology.cluster_id, self.spec.id)
+        self.driver: Driver | None = None
+        self.logger = setup_logging(
+            self.spec.id, lambda: str(self.driver.replica.ballot) if self.driver else "-"
+        )
+        self.seed = seed
+        self.server: grpc.aio.Server | None = None
+        self.storage: ReplicaStorage | None = None
+
+    async def start(self) -> None:
+        from ledger import api  # the handlers; imported here to keep the wiring in one place
+        from ledger.server_sm import make_applier
+
+        spec = self.spec
+        self.storage = ReplicaStorage(spec.data_dir, cluster_id=self.topology.cluster_id, replica_id=spec.number)
+        self.driver = Driver(
+            self.topology, spec, self.storage, make_applier(), self.metrics, self.logger, self.seed
+        )
+        peers = {r.number: (r.id, r.address) for r in self.topology.replicas if r.number != spec.number}
+        transport = PeerTransport(
+            self.topology.cluster_id, spec.number, peers, self.driver.deliver, self.metrics, self.logger
+        )
+        self.driver.transport = transport
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", SERVER_MESSAGE_BYTES_MAX),
+                ("grpc.max_receive_message_length", SERVER_MESSAGE_BYTES_MAX * 2),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ]
+        )
+        api.add_services(server, self.driver, self.topology)
+        from ledger.api_proto import pb_grpc
+
+        pb_grpc.add_PeerServicer_to_server(PeerServicer(transport), server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(spec.address)
+        if port == 0:
+            raise OSError(f"cannot listen on {spec.address} (in use?)")
+        self.server = server
+        await server.start()
+        self.metrics.serve(spec.metrics_port, host=spec.host)
+        transport.start()
+        self.driver.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log(self.logger, logging.INFO, "replica started", address=spec.address,
+            metrics_port=spec.metrics_port, data_dir=str(spec.data_dir), pid=os.getpid(),
+            applied_index=self.driver.applied_below)
+
+    async def _set_health(self, status) -> None:
+        for name in ("",) + SERVICE_NAMES:
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.stop(grace=0.5)
+        if self.driver is not None:
+            if self.driver.transport is not None:
+                await self.driver.transport.stop()
+            await self.driver.stop()
+        if self.storage is not None:
+            self.storage.close()
+        log(self.logger, logging.INFO, "replica stopped")
+
+
+async def _serve(topology: topo.Topology, replica_id: str, seed: int | None) -> None:
+    proc = ReplicaProcess(topology, replica_id, seed)
+    await proc.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ledger.server", description="Run one replica of a ledger cluster."
+    )
+    parser.add_argument("--topology", required=True, help="topology TOML file (or a shipped name: one-city, ...)")
+    parser.add_argument("--id", required=True, help="this replica's id in the topology, e.g. r2")
+    parser.add_argument("--data", help="data directory (default: the topology's data_dir for this replica)")
+    parser.add_argument("--seed", type=int, help="seed of the consensus random source (default: random)")
+    args = parser.parse_args(argv)
+    try:
+        topology = topo.load(args.topology)
+        spec = topology.replica(args.id)
+    except topo.TopologyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.data:
+        topology = _with_replica_data_dir(topology, spec.id, Path(args.data))
+    try:
+        asyncio.run(_serve(topology, args.id, args.seed))
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def _with_replica_data_dir(topology: topo.Topology, replica_id: str, path: Path) -> topo.Topology:
+    replicas = tuple(
+        topo.ReplicaSpec(r.id, r.number, r.city, r.data_center, r.address, r.metrics_port, path)
+        if r.id == replica_id
+        else r
+        for r in topology.replicas
+    )
+    return topo.Topology(topology.path, topology.cluster_id, topology.primary_zone, topology.tick_ms, replicas)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

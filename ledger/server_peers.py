@@ -1,0 +1,217 @@
+"""Peer transport: consensus messages between replicas over gRPC streams.
+
+Each replica keeps one long-lived client stream (``Peer.Send``) to every
+peer and writes msgpack frames (``ledger.wire``) into it; what a peer says
+back arrives on that peer's own stream to us. One frame per peer per driver
+turn carries every message of the turn for that peer.
+
+Losing messages is always safe for Paxos (the core retransmits), so the
+transport never blocks the driver: each peer has a bounded outbox; when it is
+full, or the stream is down, frames are dropped and counted. A broken stream
+reconnects with capped exponential backoff.
+
+Incoming frames are decoded strictly; a frame that fails (``WireError``) is
+dropped and counted, and a frame from another cluster ends that stream with
+FAILED_PRECONDITION so its sender's logs say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Callable, Iterable
+
+import grpc
+
+from consensus.messages import Heartbeat, HeartbeatAck, Message
+from ledger import wire
+from ledger.api_proto import pb, pb_grpc
+from ledger.metrics import ReplicaMetrics, log
+
+OUTBOX_FRAMES_MAX = 1024
+RECONNECT_BACKOFF_MIN_S = 0.02
+RECONNECT_BACKOFF_MAX_S = 1.0
+RTT_PROBES_MAX = 64  # outstanding heartbeat probes remembered per peer
+PEER_MESSAGE_BYTES_MAX = 128 * 1024 * 1024
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", PEER_MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", PEER_MESSAGE_BYTES_MAX),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect quickly after a peer restarts (the default backoff grows to 2 min).
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class PeerLink:
+    """The outbound stream to one peer."""
+
+    def __init__(self, transport: "PeerTransport", peer_id: int, peer_name: str, address: str) -> None:
+        self.t = transport
+        self.peer_id = peer_id
+        self.peer_name = peer_name
+        self.address = address
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_FRAMES_MAX)
+        self.connected = False
+        self.dropped = 0
+        self.heartbeat_sent: dict[int, float] = {}
+        self._task: asyncio.Task | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"peer-{self.peer_name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+
+    def offer(self, frame: bytes) -> None:
+        if not self.connected:
+            self.dropped += 1
+            return
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _frames(self):
+        while True:
+            frame = await self.outbox.get()
+            yield pb.PeerFrame(frame=frame)
+
+    async def _run(self) -> None:
+        backoff = RECONNECT_BACKOFF_MIN_S
+        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        stub = pb_grpc.PeerStub(self._channel)
+        while True:
+            connected_at = None
+            try:
+                await asyncio.wait_for(self._channel.channel_ready(), timeout=backoff + 0.5)
+                self._set_connected(True)
+                connected_at = time.monotonic()
+                await stub.Send(self._frames())
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log(self.t.logger, logging.ERROR, "peer refused our frames",
+                        peer=self.peer_name, reason=e.details())
+            except Exception:  # timeouts, a closed channel: reconnect below
+                pass
+            self._set_connected(False)
+            # Frames queued for a broken stream are stale; the core resends.
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            if connected_at is not None and time.monotonic() - connected_at > 1.0:
+                backoff = RECONNECT_BACKOFF_MIN_S
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            self.t.metrics.labels(self.t.metrics.peer_connected, peer=self.peer_name).set(1 if up else 0)
+            log(self.t.logger, logging.INFO, "peer stream " + ("up" if up else "down"), peer=self.peer_name)
+
+
+class PeerTransport:
+    """Sends the core's messages to peers; delivers peers' messages to ``deliver``."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        self_id: int,
+        peers: dict[int, tuple[str, str]],  # consensus id -> (name, address)
+        deliver: Callable[[list[Message]], None],
+        metrics: ReplicaMetrics,
+        logger: logging.Logger,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.self_id = self_id
+        self.deliver = deliver
+        self.metrics = metrics
+        self.logger = logger
+        self.links = {pid: PeerLink(self, pid, name, addr) for pid, (name, addr) in peers.items()}
+        self.refused_frames = 0
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links.values()))
+
+    def send(self, messages: Iterable[Message]) -> None:
+        by_peer: dict[int, list[Message]] = {}
+        for m in messages:
+            by_peer.setdefault(m.dst, []).append(m)
+        now = time.monotonic()
+        for dst, msgs in by_peer.items():
+            link = self.links.get(dst)
+            if link is None:
+                continue  # a message to a non-member: the core's bug or a stale id; drop
+            for m in msgs:
+                if type(m) is Heartbeat:
+                    probes = link.heartbeat_sent
+                    probes[m.seq] = now
+                    if len(probes) > RTT_PROBES_MAX:
+                        del probes[next(iter(probes))]
+            for i in range(0, len(msgs), wire.MESSAGES_PER_FRAME_MAX):
+                link.offer(wire.encode_frame(self.cluster_id, self.self_id, msgs[i : i + wire.MESSAGES_PER_FRAME_MAX]))
+
+    def _observe(self, sender: int, messages: list[Message]) -> None:
+        link = self.links.get(sender)
+        if link is None:
+            return
+        for m in messages:
+            if type(m) is HeartbeatAck:
+                sent = link.heartbeat_sent.pop(m.seq, None)
+                if sent is not None:
+                    self.metrics.labels(self.metrics.peer_rtt, peer=link.peer_name).observe(
+                        time.monotonic() - sent
+                    )
+
+
+class PeerServicer(pb_grpc.PeerServicer):
+    """The receiving end of peers' streams."""
+
+    def __init__(self, transport: PeerTransport) -> None:
+        self.t = transport
+
+    async def Send(self, request_iterator, context):
+        t = self.t
+        async for request in request_iterator:
+            try:
+                sender, messages = wire.decode_frame(request.frame, t.cluster_id)
+            except wire.WireError as e:
+                t.refused_frames += 1
+                t.metrics.labels(t.metrics.wire_errors).inc()
+                if "cluster id" in str(e) or "wire version" in str(e):
+                    log(t.logger, logging.ERROR, "refusing a peer stream", reason=str(e), peer=context.peer())
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                log(t.logger, logging.WARNING, "dropped a bad peer frame", reason=str(e), peer=context.peer())
+                continue
+            if sender not in t.links:
+                t.metrics.labels(t.metrics.wire_errors).inc()
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"sender {sender} is not a member of cluster {t.cluster_id!r}",
+                )
+            mine = [m for m in messages if m.dst == t.self_id]
+            if mine:
+                t._observe(sender, mine)
+                t.deliver(mine)
+        return pb.PeerAck()
