@@ -22,18 +22,18 @@ $(VENV)/.installed: requirements.txt
 
 test: venv system
 	$(PY) -m pytest -q tests
-	$(PY) -m sim --seeds $(SEEDS)
+	$(PY) -m sim --seeds $(SEEDS) --jobs 2
 
 # make sim SEEDS=N runs seeds 1..N; make sim SEED=s replays one seed verbosely.
 sim: venv
 ifdef SEED
 	$(PY) -m sim --seed $(SEED) --verbose
 else
-	$(PY) -m sim --seeds $(SEEDS)
+	$(PY) -m sim --seeds $(SEEDS) --jobs 2
 endif
 
 soak: venv
-	$(PY) -m sim --seeds 100000
+	$(PY) -m sim --seeds 100000 --jobs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import statistics
 import sys
 import time
@@ -18,6 +20,11 @@ def _workload(name: str):
     return LedgerWorkload
 
 
+def _run_one(seed: int, *, replicas: int | None, workload: str, verbose: bool):
+    sim = Simulation(seed, replicas=replicas, workload_factory=_workload(workload), verbose=verbose)
+    return sim.run()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
     ap.add_argument("--seeds", type=int, default=100, help="run seeds 1..N")
@@ -26,17 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="print the run's events")
     ap.add_argument("--replicas", type=int, choices=(3, 5), help="force the cluster size")
     ap.add_argument("--workload", choices=("ledger", "log"), default="ledger")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (seeds are independent)")
     args = ap.parse_args(argv)
 
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
-    factory = _workload(args.workload)
     started = time.monotonic()
     failures = []
     election: list[int] = []
     chosen = acked = events = 0
-    for i, seed in enumerate(seeds, 1):
-        sim = Simulation(seed, replicas=args.replicas, workload_factory=factory, verbose=args.verbose)
-        result = sim.run()
+    runner = functools.partial(_run_one, replicas=args.replicas, workload=args.workload, verbose=args.verbose)
+    if args.jobs > 1 and len(seeds) > 1:
+        pool = multiprocessing.get_context("fork").Pool(args.jobs)
+        results = pool.imap(runner, seeds, chunksize=4)
+    else:
+        pool = None
+        results = map(runner, seeds)
+    for i, result in enumerate(results, 1):
+        seed = result.seed
         chosen += result.chosen_slots
         acked += result.acked
         events += result.events
@@ -53,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  replay: make sim SEED={seed}")
         elif len(seeds) > 1 and i % 100 == 0:
             print(f"  ... {i}/{len(seeds)} seeds", file=sys.stderr)
+    if pool is not None:
+        pool.close()
+        pool.join()
     elapsed = time.monotonic() - started
     med = statistics.median(election) if election else 0
     mx = max(election) if election else 0

@@ -50,6 +50,7 @@ class FaultProfile:
     propose_rate: float  # client proposals per tick
     read_rate: float  # client reads per tick
     drift: float  # clock rates differ by at most this factor minus one
+    transfer_rate: float  # leadership transfers per leader tick
 
     @classmethod
     def draw(cls, rng: random.Random, replicas: int | None, drift_bound: float) -> "FaultProfile":
@@ -63,6 +64,7 @@ class FaultProfile:
             propose_rate=rng.choice([0.2, 0.5, 1.0, 3.0]),
             read_rate=rng.choice([0.0, 0.2, 1.0]),
             drift=rng.uniform(0.0, drift_bound),
+            transfer_rate=rng.choice([0.0, 0.002, 0.01]),
         )
 
     def describe(self) -> str:
@@ -70,7 +72,8 @@ class FaultProfile:
         return (
             f"replicas={self.replicas} loss={n.loss} dup={n.duplicate} delay={n.delay_min}-{n.delay_max} "
             f"crash={self.crash_rate} mid_step={self.crash_mid_step} partition={self.partition_rate} "
-            f"pause={self.pause_rate} propose={self.propose_rate} read={self.read_rate} drift={self.drift:.3f}"
+            f"pause={self.pause_rate} propose={self.propose_rate} read={self.read_rate} drift={self.drift:.3f} "
+            f"transfer={self.transfer_rate}"
         )
 
 
@@ -295,6 +298,12 @@ class Simulation:
             node.paused_until = self.time + ticks * TICK_UNITS
             self._say(f"r{node.id} pauses for {ticks} ticks")
             self._schedule(ticks * TICK_UNITS + 1, "resume", node.id)
+        r = node.replica
+        if r is not None and r.is_leader and rng.random() < p.transfer_rate:
+            target = rng.choice([i for i in self.ids if i != node.id] or [node.id])
+            self._say(f"r{node.id} hands leadership to r{target}")
+            r.transfer_leadership(target)
+            self._drive(node)
         if node.id == self.ids[0] and rng.random() < p.partition_rate * len(self.ids):
             self._partition()
 
