@@ -113,8 +113,10 @@ class ReturnCode(enum.Enum):
     BELOW_MINIMUM = ("4004", "below the fund's minimum")
     SHARES_ROUND_TO_ZERO = ("4005", "amount buys no shares at this NAV")
     # 5xxx: duplicates
+    # A re-used key with different content normally rejects its whole file
+    # (FileError.ORDER_KEY_REUSED); this code answers it where a single
+    # order is refused instead (e.g. a correction arriving in secondary clearing).
     DUPLICATE_ORDER_DIFFERENT = ("5001", "order key re-used with different content")
-    DUPLICATE_ORDER_IN_FILE = ("5002", "order key repeated within the file")
 
     @property
     def code(self) -> str:
@@ -169,3 +171,27 @@ class FileType(enum.Enum):
     SHARE_BALANCES = "05"
     DIVIDENDS = "06"
     FUND_STATUS = "07"
+
+
+class FundStatus(enum.Enum):
+    """``FundStatus`` (A1) of the 07 file, and what each allows."""
+
+    OPEN = "0"  # purchases and redemptions
+    OFFER = "1"  # offer period: subscriptions only
+    SUSPENDED = "4"  # neither purchases nor redemptions
+    PURCHASE_SUSPENDED = "5"  # redemptions only
+    REDEMPTION_SUSPENDED = "6"  # purchases only
+    TERMINATED = "8"
+    CLOSED = "9"
+
+    def allows(self, code: BusinessCode) -> bool:
+        """Whether an application of ``code`` can be confirmed in this status."""
+        if code is BusinessCode.SUBSCRIPTION:
+            return self is FundStatus.OFFER
+        if code is BusinessCode.PURCHASE:
+            return self in (FundStatus.OPEN, FundStatus.REDEMPTION_SUSPENDED)
+        if code is BusinessCode.REDEMPTION:
+            return self in (FundStatus.OPEN, FundStatus.PURCHASE_SUSPENDED)
+        if code is BusinessCode.DIVIDEND_METHOD:
+            return self not in (FundStatus.TERMINATED, FundStatus.CLOSED)
+        return True

@@ -43,6 +43,11 @@ F012  NAME_MISMATCH         the file name disagrees with the header (creator,
 F013  BAD_FILE_NAME         the file name is not OFD_/OFI_ profile form
 F014  DUPLICATE_ENTRY       an index lists the same file twice
 F015  BAD_TEXT              a text field holds a control character
+F016  ORDER_KEY_REUSED      an order key (distributor, AppSheetSerialNo)
+                            already imported, or earlier in the same file,
+                            comes again with different content
+F017  MISSING_ORDER_KEY     an application file without AppSheetSerialNo,
+                            or a record whose AppSheetSerialNo is blank
 ====  ====================  ================================================
 """
 
@@ -69,6 +74,8 @@ class FileError(enum.Enum):
     BAD_FILE_NAME = "F013"
     DUPLICATE_ENTRY = "F014"
     BAD_TEXT = "F015"
+    ORDER_KEY_REUSED = "F016"
+    MISSING_ORDER_KEY = "F017"
 
 
 class TAError(Exception):

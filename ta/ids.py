@@ -309,3 +309,52 @@ def record_digest(record: Mapping[str, Union[str, int]]) -> bytes:
             raise InvalidInput(f"field {name} has an unsupported value {value!r}")
         parts += [name, value]
     return hashlib.blake2b(_encode(tuple(parts)), digest_size=16, person=_PERSON_RECORD).digest()
+
+
+# ---------------------------------------------------------------- serials
+
+TA_SERIAL_NO_WIDTH = 20  # TASerialNO A20: 80 bits in upper-case hex
+_PERSON_SERIAL = b"ta.serial.v1"
+
+
+def ta_serial_no(ta_code: str, distributor_code: str, app_sheet_serial_no: str) -> str:
+    """The TA's serial number for the confirmation of an order: a function of
+    the order key only, so it is the same in every run and shard layout."""
+    digest = hashlib.blake2b(
+        _encode(
+            (
+                "order",
+                _text("ta_code", ta_code),
+                _text("distributor_code", distributor_code),
+                _text("app_sheet_serial_no", app_sheet_serial_no),
+            )
+        ),
+        digest_size=TA_SERIAL_NO_WIDTH // 2,
+        person=_PERSON_SERIAL,
+    ).digest()
+    return digest.hex().upper()
+
+
+def event_serial_no(
+    ta_code: str, kind: EventKind, fund_code: str, date: str, holder: HolderKey
+) -> str:
+    """The TA's serial number of a TA event's row for one holder (06 file)."""
+    if not isinstance(kind, EventKind):
+        raise TypeError(f"kind must be an EventKind, got {kind!r}")
+    digest = hashlib.blake2b(
+        _encode(
+            (
+                "event",
+                _text("ta_code", ta_code),
+                kind.value,
+                _text("fund_code", fund_code),
+                _text("date", date),
+                _text("ta_account_id", holder.ta_account_id),
+                _text("distributor_code", holder.distributor_code),
+                _text("transaction_account_id", holder.transaction_account_id, allow_empty=True),
+            )
+        ),
+        digest_size=TA_SERIAL_NO_WIDTH // 2,
+        person=_PERSON_SERIAL,
+    ).digest()
+    return digest.hex().upper()

@@ -1,0 +1,261 @@
+"""The worked day of TA.md, cleared with the pure TA modules only.
+
+Fund 000001, HALF_UP, purchase fee 1.5%, redemption fee 0.5% (25% to the
+fund), NAV_T 1.2345, and T is the registration and ex-date of a dividend of
+0.50 per 10 shares. The test plays the day's steps in memory (import,
+validate, accounts, dividend, confirm, export) with a dict as the register
+and checks every number TA.md states, the day's checks that need no ledger
+(roll-forward, amount = fee + net, one confirmation per order), and that the
+exported files are byte-identical whatever the input file's record order.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ta import arith, confirm, orders
+from ta.codes import BusinessCode, DividendMethod, FileType, FundStatus, ReturnCode
+from ta.files import (
+    STANDARD_FIELDS,
+    DataFile,
+    IndexFile,
+    read_data_file,
+    read_index_file,
+    write_data_file,
+    write_index_file,
+)
+from ta.fund import FundTerms
+from ta.ids import HolderKey, Leg, transfer_id
+from ta.money import cents, nav, parse_decimal, rate
+
+TA = "01"
+DIST = "ZS001"
+T = "20261126"
+A = HolderKey("010000000001", DIST, "TX0000000000000A")
+B = HolderKey("010000000002", DIST, "TX0000000000000B")
+C = HolderKey("010000000003", DIST, "TX0000000000000C")
+FUND = FundTerms(
+    fund_code="000001",
+    status=FundStatus.OPEN,
+    nav=nav("1.2345"),
+    purchase_fee_rate=rate("1.5%"),
+    redemption_fee_schedule=((0, rate("1.5%")), (7, rate("0.5%"))),
+)
+HELD_DAYS = 400  # B's shares are old: 0.5% fee, 25% of it to the fund
+DIVIDEND_PER_UNIT = parse_decimal("0.05", 4)  # 0.50 per 10 shares
+
+
+def order(serial: str, time: str, who: HolderKey, code: BusinessCode, **values) -> dict:
+    fields = STANDARD_FIELDS[FileType.ORDER_APPLICATIONS]
+    record = {name: 0 if name in ("ApplicationAmount", "ApplicationVol",
+                                  "DiscountRateOfCommission") else "" for name in fields}  # fmt: skip
+    record.update(
+        AppSheetSerialNo=serial, TransactionDate=T, TransactionTime=time, FundCode="000001",
+        ShareClass="A", BusinessCode=code.value, DistributorCode=DIST,
+        TransactionAccountID=who.transaction_account_id, TAAccountID=who.ta_account_id,
+        CurrencyType="156",
+    )  # fmt: skip
+    record.update(values)
+    return record
+
+
+ORDERS = [
+    order("T1126000001", "093000", A, BusinessCode.PURCHASE, ApplicationAmount=cents("10,000.00")),
+    order("T1126000002", "100000", B, BusinessCode.REDEMPTION, ApplicationVol=cents("2,000.00")),
+    order("T1126000003", "110000", C, BusinessCode.PURCHASE, ApplicationAmount=cents("1,000.00")),
+    order("T1126000004", "133000", B, BusinessCode.REDEMPTION, ApplicationVol=cents("3,500.00")),
+    order("T1126000005", "140000", A, BusinessCode.DIVIDEND_METHOD, DefDividendMethod="1"),
+]
+ACCOUNT_APPLICATION = {
+    "AppSheetSerialNo": "T1126A00001", "TransactionDate": T, "TransactionTime": "090000",
+    "BusinessCode": "001", "DistributorCode": DIST,
+    "TransactionAccountID": C.transaction_account_id, "TAAccountID": C.ta_account_id,
+    "IndividualOrInstitution": "1", "InvestorName": "陈小明", "CertificateType": "0",
+    "CertificateNo": "110101199001011234",
+}  # fmt: skip
+
+
+def distributor_files(order_records: list[dict]) -> dict[str, bytes]:
+    """The distributor's 01 and 03 files and its index, as bytes."""
+    files = [
+        DataFile(DIST, TA, T, FileType.ACCOUNT_APPLICATIONS,
+                 STANDARD_FIELDS[FileType.ACCOUNT_APPLICATIONS], (ACCOUNT_APPLICATION,)),
+        DataFile(DIST, TA, T, FileType.ORDER_APPLICATIONS,
+                 STANDARD_FIELDS[FileType.ORDER_APPLICATIONS], tuple(order_records)),
+    ]  # fmt: skip
+    out = {f.name: write_data_file(f) for f in files}
+    index = IndexFile(DIST, TA, T, tuple(out))
+    out[index.name] = write_index_file(index)
+    return out
+
+
+def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
+    """The day's steps over the inbox; returns the register, rows and files."""
+    # BP0: the register at the start of T, and each holder's dividend method.
+    register = {A: cents("10,000.00"), B: cents("5,000.00")}
+    methods = {A: DividendMethod.REINVEST, B: DividendMethod.CASH}
+    opening_total = sum(register.values())
+
+    # IMPORT: the index names the files; each is read whole or rejected.
+    index_name = next(n for n in inbox if n.startswith("OFI_"))
+    index = read_index_file(inbox[index_name], index_name)
+    data = {read_data_file(inbox[n], n).file_type: read_data_file(inbox[n], n)
+            for n in index.file_names}  # fmt: skip
+    intake = orders.take_new(data[FileType.ORDER_APPLICATIONS], {})
+    again = orders.take_new(read_data_file(resent_orders), intake.digests)
+    assert again.new == () and again.resent == ((DIST, "T1126000001"),)  # order 6: no-op
+
+    # ACCOUNTS: open C, answer with 02.
+    accounts = {A, B}
+    rows_02 = []
+    for application in data[FileType.ACCOUNT_APPLICATIONS].records:
+        holder = HolderKey(application["TAAccountID"], DIST, application["TransactionAccountID"])
+        accounts.add(holder)
+        register.setdefault(holder, 0)
+        methods.setdefault(holder, DividendMethod.REINVEST)
+        rows_02.append(confirm.account_confirmation(
+            application, ReturnCode.SUCCESS, ta_code=TA, cfm_date=T, distributor_code=DIST,
+            ta_account_id=holder.ta_account_id))  # fmt: skip
+
+    # DIVIDEND on the register at the start of the registration date (BP0).
+    entitled = {h: (register[h], methods[h]) for h in (A, B)}
+    distribution = arith.dividend_distribution(entitled, DIVIDEND_PER_UNIT, FUND.nav, FUND.rounding)
+    rows_06 = []
+    for holder, result in distribution.per_holder.items():
+        register[holder] += result.reinvested_shares
+        rows_06.append(confirm.dividend_row(
+            FUND, holder, result, ta_code=TA, cfm_date=T, registration_date=T, xr_date=T,
+            per_unit_dividend=DIVIDEND_PER_UNIT, ex_nav=FUND.nav))  # fmt: skip
+
+    # CONFIRM in the fixed processing order, one chain per order.
+    rows_04, chains = [], {}
+    purchased = redeemed = 0
+    for record in orders.processing_order(intake.new):
+        holder = HolderKey(record["TAAccountID"], record["DistributorCode"],
+                           record["TransactionAccountID"])  # fmt: skip
+        rc = orders.validate_order(record, T, FUND, holder in accounts, register.get(holder, 0))
+        kw = dict(ta_code=TA, cfm_date=T, distributor_code=DIST)
+        legs = []
+        if not rc.ok:
+            rows_04.append(confirm.failure_confirmation(record, rc, **kw))
+        elif record["BusinessCode"] == BusinessCode.PURCHASE.value:
+            p = arith.purchase(record["ApplicationAmount"], FUND.purchase_fee_rate,
+                               orders.fee_discount(record), FUND.nav, FUND.rounding)  # fmt: skip
+            register[holder] += p.shares
+            purchased += p.shares
+            legs = [Leg.NET, Leg.FEE, Leg.SHARES]
+            rows_04.append(confirm.purchase_confirmation(record, p, **kw))
+        elif record["BusinessCode"] == BusinessCode.REDEMPTION.value:
+            r = arith.redemption(record["ApplicationVol"], FUND.nav,
+                                 FUND.redemption_fee_rate(HELD_DAYS),
+                                 FUND.fund_fee_share(HELD_DAYS), FUND.rounding)  # fmt: skip
+            register[holder] -= r.shares
+            redeemed += r.shares
+            legs = [Leg.RESERVE, Leg.RESERVE_POST, Leg.NET, Leg.FEE, Leg.FEE_TO_FUND]
+            rows_04.append(confirm.redemption_confirmation(record, r, **kw))
+        else:
+            methods[holder] = DividendMethod(record["DefDividendMethod"])
+            rows_04.append(confirm.dividend_method_confirmation(record, **kw))
+        chains[record["AppSheetSerialNo"]] = [
+            transfer_id(TA, DIST, record["AppSheetSerialNo"], leg) for leg in legs
+        ]
+
+    # EXPORT: 02, 04, 05, 06, 07, index last.
+    total = sum(register.values())
+    rows_05 = [confirm.balance_row(FUND, h, cfm_date=T, available=register[h])
+               for h in sorted(register)]  # fmt: skip
+    rows_07 = [confirm.fund_status_row(FUND, cfm_date=T, total_fund_vol=total)]
+    outgoing = [
+        (FileType.ACCOUNT_CONFIRMATIONS, rows_02),
+        (FileType.ORDER_CONFIRMATIONS, rows_04),
+        (FileType.SHARE_BALANCES, rows_05),
+        (FileType.DIVIDENDS, rows_06),
+        (FileType.FUND_STATUS, rows_07),
+    ]
+    files = {}
+    for file_type, rows in outgoing:
+        f = DataFile(TA, DIST, T, file_type, STANDARD_FIELDS[file_type], tuple(rows))
+        files[f.name] = write_data_file(f)
+    index_out = IndexFile(TA, DIST, T, tuple(files))
+    files[index_out.name] = write_index_file(index_out)
+    return dict(register=register, methods=methods, distribution=distribution, rows_04=rows_04,
+                files=files, chains=chains, opening_total=opening_total, purchased=purchased,
+                redeemed=redeemed)  # fmt: skip
+
+
+def resent_file() -> bytes:
+    return write_data_file(DataFile(DIST, TA, T, FileType.ORDER_APPLICATIONS,
+                                    STANDARD_FIELDS[FileType.ORDER_APPLICATIONS], (ORDERS[0],)))  # fmt: skip
+
+
+def test_order_arithmetic_of_the_worked_day() -> None:
+    """Goal: the per-order numbers of TA.md, to the cent."""
+    p = arith.purchase(cents("10,000.00"), rate("1.5%"), nav=nav("1.2345"))
+    assert (p.net, p.fee, p.shares) == (cents("9,852.22"), cents("147.78"), cents("7,980.74"))
+    r = arith.redemption(cents("2,000.00"), nav("1.2345"), rate("0.5%"), arith.fund_fee_share(400))
+    assert (r.gross, r.fee, r.fee_to_fund, r.paid) == (
+        cents("2,469.00"), cents("12.35"), cents("3.09"), cents("2,456.65"))  # fmt: skip
+    c = arith.purchase(cents("1,000.00"), rate("1.5%"), nav=nav("1.2345"))
+    assert (c.net, c.fee, c.shares) == (cents("985.22"), cents("14.78"), cents("798.07"))
+    d = arith.dividend(cents("10,000.00"), DIVIDEND_PER_UNIT, nav("1.2345"), DividendMethod.REINVEST)
+    assert (d.cash, d.reinvested_shares) == (cents("500.00"), cents("405.02"))
+    b = arith.dividend(cents("5,000.00"), DIVIDEND_PER_UNIT, nav("1.2345"), DividendMethod.CASH)
+    assert (b.cash_paid, b.reinvested_shares) == (cents("250.00"), 0)
+
+
+def test_worked_day_closing_register_and_files() -> None:
+    """Goal: the cleared day ends with TA.md's register (A 18,385.76,
+    B 3,000.00, C 798.07, total 22,183.83), a 04 file of 5 rows with B's
+    second redemption failed for insufficient shares, and the checks that
+    need no ledger hold (roll-forward; sums of 05 = 07 TotalFundVol)."""
+    day = clear_day(distributor_files(ORDERS), resent_file())
+    register = day["register"]
+    assert register == {A: cents("18,385.76"), B: cents("3,000.00"), C: cents("798.07")}
+    total = sum(register.values())
+    assert total == cents("22,183.83")
+
+    # Check 2: close - open = purchases + reinvested - redemptions.
+    reinvested = sum(d.reinvested_shares for d in day["distribution"].per_holder.values())
+    assert total - day["opening_total"] == day["purchased"] + reinvested - day["redeemed"]
+    assert day["distribution"].residual == 0
+    assert day["methods"][A] is DividendMethod.CASH  # 129, effective after today's registration
+
+    files = day["files"]
+    out_index = read_index_file(files["OFI_01_ZS001_20261126.TXT"], "OFI_01_ZS001_20261126.TXT")
+    assert out_index.file_names == tuple(sorted(n for n in files if n.startswith("OFD_")))
+    f04 = read_data_file(files["OFD_01_ZS001_20261126_04.TXT"], "OFD_01_ZS001_20261126_04.TXT")
+    assert len(f04.records) == 5  # check 5: one row per imported order, the re-send adds none
+    rows = {r["AppSheetSerialNo"]: r for r in f04.records}
+    one, two, three, four, five = (rows[f"T1126{n:06d}"] for n in range(1, 6))
+    assert (one["BusinessCode"], one["ConfirmedAmount"], one["Charge"], one["ConfirmedVol"]) == (
+        "122", cents("10,000.00"), cents("147.78"), cents("7,980.74"))  # fmt: skip
+    assert (two["BusinessCode"], two["ConfirmedAmount"], two["Charge"], two["ConfirmedVol"]) == (
+        "124", cents("2,469.00"), cents("12.35"), cents("2,000.00"))  # fmt: skip
+    assert (three["ConfirmedVol"], three["NAV"], three["ReturnCode"]) == (cents("798.07"), 12345, "0000")
+    assert (four["BusinessCode"], four["ReturnCode"], four["ConfirmedVol"]) == ("124", "4003", 0)
+    assert four["ErrorDetail"] == ReturnCode.INSUFFICIENT_SHARES.reason
+    assert (five["BusinessCode"], five["ReturnCode"]) == ("129", "0000")
+
+    f05 = read_data_file(files["OFD_01_ZS001_20261126_05.TXT"])
+    f07 = read_data_file(files["OFD_01_ZS001_20261126_07.TXT"])
+    assert sum(r["AvailableVol"] for r in f05.records) == f07.records[0]["TotalFundVol"] == total
+    f06 = read_data_file(files["OFD_01_ZS001_20261126_06.TXT"])
+    assert [(r["DividendAmount"], r["VolOfDividendforReinvestment"]) for r in f06.records] == [
+        (cents("500.00"), cents("405.02")), (cents("250.00"), 0)]  # fmt: skip
+    f02 = read_data_file(files["OFD_01_ZS001_20261126_02.TXT"])
+    assert [(r["BusinessCode"], r["ReturnCode"]) for r in f02.records] == [("101", "0000")]
+
+
+def test_worked_day_is_deterministic() -> None:
+    """Goal: clearing the day again, with the distributor's records in any
+    file order, gives byte-identical files and the same transfer ids (a
+    re-run books nothing new)."""
+    first = clear_day(distributor_files(ORDERS), resent_file())
+    for seed in range(5):
+        shuffled = list(ORDERS)
+        random.Random(seed).shuffle(shuffled)
+        again = clear_day(distributor_files(shuffled), resent_file())
+        assert again["files"] == first["files"]
+        assert again["chains"] == first["chains"]
+    all_ids = [i for chain in first["chains"].values() for i in chain]
+    assert len(all_ids) == len(set(all_ids))
