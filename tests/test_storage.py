@@ -195,6 +195,11 @@ def test_compact_log_drops_entries_below_and_moves_log_start(tmp_path):
         assert state.log_start == 5
         assert sorted(state.accepted) == [5, 6, 7, 8, 9]
         assert state.accepted[6] == (b, b"v6")
+        storage.write_step(Persist(), lambda t: 10)
+        storage.compact_log(10)  # everything
+        assert storage.load() == DurableState(promised=b, chosen_below=10, applied_below=10, log_start=10)
+        storage.write_step(Persist(accepted=((10, b, b"next"),), chosen_below=11))
+        assert storage.load().accepted == {10: (b, b"next")}
 
 
 def test_reader_sees_committed_state_only(tmp_path):
@@ -255,3 +260,39 @@ def test_verify_digest_detects_a_row_changed_behind_its_back(tmp_path):
     with open_storage(path) as storage:
         with pytest.raises(StorageCorrupt):
             storage.verify_digest()
+
+
+def test_map_full_fails_cleanly_and_a_larger_map_resumes(tmp_path):
+    path = tmp_path / "r1"
+    model = MemoryTables()
+    done = 0
+
+    def step(n):
+        rows = [(b"%08d-%03d" % (n, i), bytes([n % 251]) * 900) for i in range(20)]
+
+        def apply(tables):
+            for key, value in rows:
+                tables.put(b"kv", key, value)
+            return n + 1
+
+        return Persist(accepted=((n, Ballot(1, 1), b"x" * 4000),), chosen_below=n + 1), apply
+
+    with ReplicaStorage(path, cluster_id=CLUSTER, replica_id=1, map_size_bytes=1 << 20) as storage:
+        for _ in range(1000):
+            try:
+                storage.write_step(*step(done))
+            except storage_mod.StorageUnavailable as e:
+                assert isinstance(e.cause, lmdb.MapFullError)
+                break
+            step(done)[1](model)
+            done += 1
+        else:
+            pytest.fail("the map never filled")
+        assert storage.applied_below == done
+        assert storage.state_digest() == model.digest == storage.verify_digest()
+        assert sorted(storage.load().accepted) == list(range(done))
+    with ReplicaStorage(path, cluster_id=CLUSTER, replica_id=1, map_size_bytes=8 << 20) as storage:
+        storage.write_step(*step(done))
+        step(done)[1](model)
+        assert storage.applied_below == done + 1
+        assert storage.state_digest() == model.digest == storage.verify_digest()
