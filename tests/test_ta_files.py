@@ -10,7 +10,7 @@ damage never raises anything but FileRejected.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ta.codes import FileType
