@@ -41,7 +41,15 @@ An exception raised by the ``apply`` callback aborts the step and propagates
 unchanged. Broken preconditions (a promise going down) are bugs: assertions.
 
 Keys of the state tables must be 1..511 bytes (LMDB's key limit); ``put``
-raises ``ValueError`` otherwise. ``get``/``delete``/``range`` accept any key.
+raises ``ValueError`` otherwise (``MemoryTables`` takes any key: the state
+machine's keys are fixed-size ids and never meet the limit).
+``get``/``delete``/``range`` accept any key or bound.
+
+Threads: one writer (``write_step``, ``compact_log``) at a time; ``reader``,
+``load`` and ``verify_digest`` may run on any thread meanwhile, each in its own
+snapshot. Keep readers short: an open read transaction pins old pages.
+Accepted entries below ``log_start`` are stored but not loaded (their slots
+are in a snapshot); the next ``compact_log`` drops them.
 """
 
 from __future__ import annotations
@@ -286,8 +294,10 @@ class ReplicaStorage:
         try:
             self._open_env()
             self._init_or_check()
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
+                raise StorageUnavailable(f"open {self.path}", e) from e
             raise
 
     # --- opening -------------------------------------------------------

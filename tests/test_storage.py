@@ -296,3 +296,31 @@ def test_map_full_fails_cleanly_and_a_larger_map_resumes(tmp_path):
         step(done)[1](model)
         assert storage.applied_below == done + 1
         assert storage.state_digest() == model.digest == storage.verify_digest()
+
+
+def test_after_an_lmdb_panic_the_next_step_reopens_the_environment(tmp_path):
+    """LMDB refuses all use of an environment after a failed meta write
+    (MDB_PANIC); the file is intact, so the storage reopens it and goes on."""
+
+    class PanickedEnv:
+        def __init__(self, env):
+            self.env = env
+
+        def begin(self, *args, **kwargs):
+            raise lmdb.PanicError("mdb_txn_begin: MDB_PANIC: Update of meta page failed")
+
+        def close(self):
+            self.env.close()
+
+    with open_storage(tmp_path / "r1") as storage:
+        storage.write_step(Persist(promised=Ballot(1, 1)), lambda t: (t.put(b"kv", b"a", b"1"), 1)[1])
+        digest = storage.state_digest()
+        storage._env = PanickedEnv(storage._env)
+        with pytest.raises(storage_mod.StorageUnavailable) as failed:
+            storage.write_step(Persist(promised=Ballot(2, 1)))
+        assert isinstance(failed.value.cause, lmdb.PanicError)
+        assert storage.promised == Ballot(1, 1)
+        storage.write_step(Persist(promised=Ballot(2, 1)), lambda t: (t.put(b"kv", b"b", b"2"), 2)[1])
+        assert storage.load().promised == Ballot(2, 1)
+        assert storage.state_digest() != digest
+        assert storage.verify_digest() == storage.state_digest()
