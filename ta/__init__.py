@@ -9,9 +9,16 @@ Modules, one concept each (imports point one way, top to bottom):
 ``errors``  the exception hierarchy (file rejections, bad caller input)
 ``money``   units (cents, NAV in 1/10000, exact rates), rounding modes
 ``arith``   purchase, redemption, dividend and MMF income arithmetic
-``codes``   business codes and return codes with their reasons
-``ids``     deterministic 128-bit ledger ids for transfers and accounts
+``codes``   business codes, return codes, fund status, dividend method
+``fund``    a fund's terms for the day (status, NAV, fee schedule, rounding)
+``ids``     deterministic 128-bit ledger ids, account ids, TA serial numbers
 ``files``   profile-21 fixed-width data files and the index file
+``orders``  order keys and re-sends (IMPORT), ``validate_order`` (VALIDATE),
+            the fixed processing order (CONFIRM)
+``confirm`` rows of the outgoing 02, 04, 05, 06 and 07 files
+
+The standard library is all these modules import (no time, no random, no I/O);
+``tests/test_ta_purity.py`` keeps it so.
 
 The clearing service (later) books through the replicated ledger using these.
 """

@@ -399,7 +399,9 @@ def encode_record(fields: Sequence[str], record: Record) -> bytes:
     if set(record) != set(fields):
         missing = sorted(set(fields) - set(record))
         extra = sorted(set(record) - set(fields))
-        raise InvalidInput(f"record fields differ from the declared: missing {missing}, extra {extra}")
+        raise InvalidInput(
+            f"record fields differ from the declared: missing {missing}, extra {extra}"
+        )
     return b"".join(_encode_value(FIELD_DICTIONARY[name], record[name]) for name in fields)
 
 
@@ -411,7 +413,8 @@ def write_data_file(data_file: DataFile) -> bytes:
     _check_date("date", f.date)
     if f.version != VERSION:
         raise InvalidInput(f"only version {VERSION} is written, got {f.version!r}")
-    if not (len(f.summary_table) == SUMMARY_TABLE_WIDTH and f.summary_table.isdigit()):
+    table = f.summary_table
+    if not (len(table) == SUMMARY_TABLE_WIDTH and table.isascii() and table.isdigit()):
         raise InvalidInput(f"summary table must be 3 digits, got {f.summary_table!r}")
     file_type = FileType(f.file_type)
     fields = tuple(f.fields)
@@ -454,7 +457,8 @@ def write_index_file(index: IndexFile) -> bytes:
             parts = parse_data_file_name(name)
         except FileRejected as exc:
             raise InvalidInput(exc.reason) from None
-        if (parts.creator, parts.receiver, parts.date) != (index.creator, index.receiver, index.date):
+        index_key = (index.creator, index.receiver, index.date)
+        if (parts.creator, parts.receiver, parts.date) != index_key:
             raise InvalidInput(f"{name} is not a file of this index")
     lines = [
         INDEX_MAGIC.encode("ascii"),
@@ -528,7 +532,9 @@ def _header_code(lines: _Lines, what: str) -> str:
     code = _header_text(lines, what, CODE_WIDTH)
     if _CODE.fullmatch(code) is None:
         raise FileRejected(
-            FileError.BAD_HEADER, f"{what} must be 1-9 letters or digits, got {code!r}", lines.position
+            FileError.BAD_HEADER,
+            f"{what} must be 1-9 letters or digits, got {code!r}",
+            lines.position,
         )
     return code
 
@@ -553,7 +559,9 @@ def _header_version(lines: _Lines) -> str:
 def _header_date(lines: _Lines) -> str:
     date = _header_text(lines, "date", DATE_WIDTH)
     if not is_valid_date(date):
-        raise FileRejected(FileError.BAD_DATE, f"date {date!r} is not a real YYYYMMDD day", lines.position)
+        raise FileRejected(
+            FileError.BAD_DATE, f"date {date!r} is not a real YYYYMMDD day", lines.position
+        )
     return date
 
 
@@ -599,13 +607,17 @@ def _decode_record(
             text = chunk.decode(ENCODING)
         except UnicodeDecodeError:
             raise FileRejected(
-                FileError.BAD_ENCODING, f"{name} splits or holds an invalid GB18030 character", number
+                FileError.BAD_ENCODING,
+                f"{name} splits or holds an invalid GB18030 character",
+                number,
             ) from None
         text = text.rstrip(" ")
         if _CONTROL.search(text):
             raise FileRejected(FileError.BAD_TEXT, f"{name} holds a control character", number)
         if text and name in DATE_FIELDS and not is_valid_date(text):
-            raise FileRejected(FileError.BAD_DATE, f"{name} {text!r} is not a real YYYYMMDD day", number)
+            raise FileRejected(
+                FileError.BAD_DATE, f"{name} {text!r} is not a real YYYYMMDD day", number
+            )
         if text and name in TIME_FIELDS and not is_valid_time(text):
             raise FileRejected(FileError.BAD_DATE, f"{name} {text!r} is not a HHMMSS time", number)
         record[name] = text
@@ -625,8 +637,11 @@ def read_data_file(data: bytes, name: str | None = None) -> DataFile:
     receiver = _header_code(lines, "receiver")
     date = _header_date(lines)
     summary_table = _header_text(lines, "summary table number", SUMMARY_TABLE_WIDTH)
-    if not summary_table.isdigit() or len(summary_table) != SUMMARY_TABLE_WIDTH:
-        raise FileRejected(FileError.BAD_HEADER, "summary table number must be 3 digits", lines.position)
+    table_ok = summary_table.isascii() and summary_table.isdigit()
+    if not table_ok or len(summary_table) != SUMMARY_TABLE_WIDTH:
+        raise FileRejected(
+            FileError.BAD_HEADER, "summary table number must be 3 digits", lines.position
+        )
     type_text = _header_text(lines, "file type", FILE_TYPE_WIDTH)
     try:
         file_type = FileType(type_text)
@@ -638,7 +653,9 @@ def read_data_file(data: bytes, name: str | None = None) -> DataFile:
     recipient = _header_text(lines, "recipient", PARTY_WIDTH)
     field_count = _header_count(lines, "field count", FIELD_COUNT_WIDTH, FileError.BAD_FIELD_COUNT)
     if field_count < 1:
-        raise FileRejected(FileError.BAD_FIELD_COUNT, "a file declares at least one field", lines.position)
+        raise FileRejected(
+            FileError.BAD_FIELD_COUNT, "a file declares at least one field", lines.position
+        )
     fields: list[str] = []
     for _ in range(field_count):
         field_name = lines.take("declared field names", missing=FileError.BAD_FIELD_COUNT)
@@ -650,11 +667,17 @@ def read_data_file(data: bytes, name: str | None = None) -> DataFile:
                 lines.position,
             )
         if text not in FIELD_DICTIONARY:
-            raise FileRejected(FileError.UNKNOWN_FIELD, f"unknown field {text[:40]!r}", lines.position)
+            raise FileRejected(
+                FileError.UNKNOWN_FIELD, f"unknown field {text[:40]!r}", lines.position
+            )
         if text in fields:
-            raise FileRejected(FileError.DUPLICATE_FIELD, f"field {text} declared twice", lines.position)
+            raise FileRejected(
+                FileError.DUPLICATE_FIELD, f"field {text} declared twice", lines.position
+            )
         fields.append(text)
-    record_count = _header_count(lines, "record count", RECORD_COUNT_WIDTH, FileError.BAD_RECORD_COUNT)
+    record_count = _header_count(
+        lines, "record count", RECORD_COUNT_WIDTH, FileError.BAD_RECORD_COUNT
+    )
     _trailer(lines)
     if lines.remaining() != record_count:
         raise FileRejected(

@@ -66,7 +66,9 @@ def take_new(data_file: DataFile, known: Mapping[OrderKey, bytes]) -> Intake:
     with different content (against ``known`` or earlier in the same file),
     or for a missing/blank AppSheetSerialNo."""
     if "AppSheetSerialNo" not in data_file.fields:
-        raise FileRejected(FileError.MISSING_ORDER_KEY, "the file does not declare AppSheetSerialNo")
+        raise FileRejected(
+            FileError.MISSING_ORDER_KEY, "the file does not declare AppSheetSerialNo"
+        )
     seen: dict[OrderKey, bytes] = {}
     new: list[Record] = []
     resent: list[OrderKey] = []

@@ -1,0 +1,51 @@
+"""The TA domain layer stays pure: no I/O, clocks, randomness or servers.
+
+Goal: ``ta/`` imports only the standard-library modules on the allow-list
+below and its own modules, so every result is a function of its arguments
+(re-runs give the same numbers, ids and bytes) and the layer never depends
+on the ledger, consensus or the network.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import ta
+
+ALLOWED = {
+    "__future__", "dataclasses", "datetime", "enum", "fractions", "hashlib", "re", "typing",
+}  # fmt: skip
+
+
+def imports_of(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            found.add((node.module or "").split(".")[0])
+    return found
+
+
+def test_ta_imports_only_pure_modules() -> None:
+    """Goal: no ta module imports time, random, asyncio, grpc, lmdb, os, the
+    ledger or consensus; only the allow-list and ta itself."""
+    package = pathlib.Path(ta.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) >= 8
+    for path in modules:
+        extra = imports_of(path) - ALLOWED - {"ta"}
+        assert not extra, f"{path.name} imports {sorted(extra)}"
+
+
+def test_no_float_literals_in_ta() -> None:
+    """Goal: no float literal appears in the domain code (money is exact)."""
+    package = pathlib.Path(ta.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        floats = [n.lineno for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, float)]  # fmt: skip
+        assert not floats, f"{path.name} has float literals at lines {floats}"
