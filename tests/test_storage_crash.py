@@ -81,7 +81,7 @@ def child(path: str) -> None:
 
 # --- the test ----------------------------------------------------------------
 
-KILLS = 10
+KILLS = 12
 DEADLINE_S = 60.0
 
 
@@ -93,29 +93,32 @@ class ChildOutput:
         self.buffer = b""
         self.lines: list[str] = []
 
+    def read_some(self, deadline: float) -> bool:
+        """Wait until output arrives (then read it) or ``deadline``; False at EOF."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return True
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], remaining)[0]:
+            return True
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False  # the child exited
+        self.buffer += chunk
+        *complete, self.buffer = self.buffer.split(b"\n")
+        self.lines.extend(line.decode() for line in complete)
+        return True
+
     def poll_until(self, deadline: float) -> None:
         """Collect output until ``deadline`` (monotonic) or the child's exit."""
-        fd = self.proc.stdout.fileno()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                return
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return  # the child exited
-            self.buffer += chunk
-            *complete, self.buffer = self.buffer.split(b"\n")
-            self.lines.extend(line.decode() for line in complete)
+        while time.monotonic() < deadline and self.read_some(deadline):
+            pass
 
     def wait_for(self, predicate, deadline: float) -> None:
+        """Collect output until ``predicate(lines)`` holds; fail at ``deadline``."""
         while not predicate(self.lines):
-            exited = self.proc.poll() is not None
-            if time.monotonic() >= deadline or exited:
+            if time.monotonic() >= deadline or not self.read_some(deadline):
                 raise AssertionError(f"child: no progress; output {self.lines[-5:]}, rc {self.proc.poll()}")
-            self.poll_until(min(deadline, time.monotonic() + 0.5))
 
     def acked_steps(self) -> list[int]:
         return [int(line) for line in self.lines if line and not line.startswith("open")]
