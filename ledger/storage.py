@@ -315,6 +315,9 @@ class ReplicaStorage:
             lock=True,
         )
         env = self._env
+        # Free reader slots of processes that died holding a read transaction:
+        # a stale slot would pin old pages and make the file grow.
+        env.reader_check()
         with env.begin(write=True) as txn:
             self._meta = env.open_db(_META_DB, txn=txn)
             self._acceptor = env.open_db(_ACCEPTOR_DB, txn=txn)
