@@ -25,8 +25,10 @@ from ta.files import (
     write_index_file,
 )
 from ta.fund import FundTerms
-from ta.ids import HolderKey, Leg, transfer_id
+from ta.ids import HolderKey
+from ta.memory_ledger import ChainResult, MemoryLedger
 from ta.money import cents, nav, parse_decimal, rate
+from ta.postings import FundBook, PostingKind, reverse
 
 TA = "01"
 DIST = "ZS001"
@@ -41,6 +43,7 @@ FUND = FundTerms(
     purchase_fee_rate=rate("1.5%"),
     redemption_fee_schedule=((0, rate("1.5%")), (7, rate("0.5%"))),
 )
+BOOK = FundBook(TA, "000001")
 HELD_DAYS = 400  # B's shares are old: 0.5% fee, 25% of it to the fund
 DIVIDEND_PER_UNIT = parse_decimal("0.05", 4)  # 0.50 per 10 shares
 
@@ -89,8 +92,28 @@ def distributor_files(order_records: list[dict]) -> dict[str, bytes]:
     return out
 
 
-def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
-    """The day's steps over the inbox; returns the register, rows and files."""
+def opening_ledger() -> MemoryLedger:
+    """The ledger at BP0: A holds 10,000.00 and B 5,000.00 shares."""
+    ledger = MemoryLedger()
+    ledger.create_accounts(BOOK.fund_accounts())
+    ledger.create_accounts([BOOK.holder(A), BOOK.holder(B), BOOK.settlement(DIST)])
+    for holder, shares in ((A, cents("10,000.00")), (B, cents("5,000.00"))):
+        chain = BOOK.adjustment(holder, "20261125", shares, increase=True)
+        assert ledger.apply(chain) is ChainResult.OK
+    return ledger
+
+
+def book(ledger: MemoryLedger, chain) -> None:
+    assert ledger.apply(chain) is not ChainResult.FAILED
+
+
+def clear_day(
+    inbox: dict[str, bytes], resent_orders: bytes, ledger: MemoryLedger | None = None,
+    attempt: int = 0,
+) -> dict:
+    """The day's steps over the inbox, booking into ``ledger`` (a fresh BP0
+    ledger by default); returns the register, rows, files and ledger."""
+    ledger = opening_ledger() if ledger is None else ledger
     # BP0: the register at the start of T, and each holder's dividend method.
     register = {A: cents("10,000.00"), B: cents("5,000.00")}
     methods = {A: DividendMethod.REINVEST, B: DividendMethod.CASH}
@@ -111,6 +134,7 @@ def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
     for application in data[FileType.ACCOUNT_APPLICATIONS].records:
         holder = HolderKey(application["TAAccountID"], DIST, application["TransactionAccountID"])
         accounts.add(holder)
+        ledger.create_accounts([BOOK.holder(holder)])
         register.setdefault(holder, 0)
         methods.setdefault(holder, DividendMethod.REINVEST)
         rows_02.append(confirm.account_confirmation(
@@ -121,8 +145,10 @@ def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
     entitled = {h: (register[h], methods[h]) for h in (A, B)}
     distribution = arith.dividend_distribution(entitled, DIVIDEND_PER_UNIT, FUND.nav, FUND.rounding)
     rows_06 = []
+    book(ledger, BOOK.dividend_residual(T, distribution.residual, attempt))
     for holder, result in distribution.per_holder.items():
         register[holder] += result.reinvested_shares
+        book(ledger, BOOK.dividend(holder, T, result, attempt))
         rows_06.append(confirm.dividend_row(
             FUND, holder, result, ta_code=TA, cfm_date=T, registration_date=T, xr_date=T,
             per_unit_dividend=DIVIDEND_PER_UNIT, ex_nav=FUND.nav))  # fmt: skip
@@ -135,7 +161,7 @@ def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
                            record["TransactionAccountID"])  # fmt: skip
         rc = orders.validate_order(record, T, FUND, holder in accounts, register.get(holder, 0))
         kw = dict(ta_code=TA, cfm_date=T, distributor_code=DIST)
-        legs = []
+        chain: tuple = ()
         if not rc.ok:
             rows_04.append(confirm.failure_confirmation(record, rc, **kw))
         elif record["BusinessCode"] == BusinessCode.PURCHASE.value:
@@ -143,7 +169,7 @@ def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
                                orders.fee_discount(record), FUND.nav, FUND.rounding)  # fmt: skip
             register[holder] += p.shares
             purchased += p.shares
-            legs = [Leg.NET, Leg.FEE, Leg.SHARES]
+            chain = BOOK.purchase(holder, record["AppSheetSerialNo"], p, attempt=attempt)
             rows_04.append(confirm.purchase_confirmation(record, p, **kw))
         elif record["BusinessCode"] == BusinessCode.REDEMPTION.value:
             r = arith.redemption(record["ApplicationVol"], FUND.nav,
@@ -151,14 +177,15 @@ def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
                                  FUND.fund_fee_share(HELD_DAYS), FUND.rounding)  # fmt: skip
             register[holder] -= r.shares
             redeemed += r.shares
-            legs = [Leg.RESERVE, Leg.RESERVE_POST, Leg.NET, Leg.FEE, Leg.FEE_TO_FUND]
+            serial = record["AppSheetSerialNo"]
+            book(ledger, BOOK.redemption_reserve(holder, serial, r.shares, attempt))  # accepted
+            chain = BOOK.redemption_confirm(holder, serial, r, attempt)
             rows_04.append(confirm.redemption_confirmation(record, r, **kw))
         else:
             methods[holder] = DividendMethod(record["DefDividendMethod"])
             rows_04.append(confirm.dividend_method_confirmation(record, **kw))
-        chains[record["AppSheetSerialNo"]] = [
-            transfer_id(TA, DIST, record["AppSheetSerialNo"], leg) for leg in legs
-        ]
+        book(ledger, chain)
+        chains[record["AppSheetSerialNo"]] = [posting.id for posting in chain]
 
     # EXPORT: 02, 04, 05, 06, 07, index last.
     total = sum(register.values())
@@ -180,7 +207,7 @@ def clear_day(inbox: dict[str, bytes], resent_orders: bytes) -> dict:
     files[index_out.name] = write_index_file(index_out)
     return dict(register=register, methods=methods, distribution=distribution, rows_04=rows_04,
                 files=files, chains=chains, opening_total=opening_total, purchased=purchased,
-                redeemed=redeemed)  # fmt: skip
+                redeemed=redeemed, ledger=ledger)  # fmt: skip
 
 
 def resent_file() -> bytes:
@@ -259,3 +286,49 @@ def test_worked_day_is_deterministic() -> None:
         assert again["chains"] == first["chains"]
     all_ids = [i for chain in first["chains"].values() for i in chain]
     assert len(all_ids) == len(set(all_ids))
+
+
+def test_worked_day_on_the_ledger() -> None:
+    """Goal: the day's bookings prove the day (TA.md checks 1, 3, 4): holder
+    shares = issuance = 07 TotalFundVol; debits = credits per ledger; no
+    pending left; cash: fund assets, fee and dividend payable add up to what
+    the distributor's settlement account owes, to the cent."""
+    day = clear_day(distributor_files(ORDERS), resent_file())
+    ledger: MemoryLedger = day["ledger"]
+    for holder, shares in day["register"].items():
+        assert ledger.balance(BOOK.holder(holder)) == shares
+    assert -ledger.balance(BOOK.issuance) == cents("22,183.83")
+    assert all(debits == credits for debits, credits in ledger.totals_by_ledger().values())
+    assert not ledger.open_pending
+    # net 9,852.22 + 985.22 in; paid 2,456.65 and the agent's 9.26 of the fee out;
+    # B's 250.00 cash dividend moved to dividend payable.
+    assert ledger.balance(BOOK.fund_assets) == cents("8,121.53")
+    assert ledger.balance(BOOK.fee) == cents("147.78") + cents("14.78") + cents("9.26")
+    assert ledger.balance(BOOK.dividend_payable) == cents("250.00")
+    assert ledger.balance(BOOK.residual) == 0
+    owed = -ledger.balance(BOOK.settlement(DIST))
+    assert owed == cents("10,000.00") + cents("1,000.00") - cents("2,456.65")
+    assert owed == sum(ledger.balance(a) for a in (BOOK.fund_assets, BOOK.fee,
+                                                   BOOK.dividend_payable, BOOK.residual))  # fmt: skip
+
+
+def test_rollback_to_bp0_and_rerun_gives_the_same_day() -> None:
+    """Goal: TA.md check 7: reverse every transfer booked after BP0 (never
+    deleting), re-run the day with the next attempt: same balances, same
+    files, and re-running that again books nothing new."""
+    first = clear_day(distributor_files(ORDERS), resent_file())
+    ledger: MemoryLedger = first["ledger"]
+    bp0 = len(opening_ledger().order)
+    after_bp0 = [ledger.postings[i] for i in reversed(ledger.order[bp0:])]
+    undo = tuple(reverse(p) for p in after_bp0 if p.kind is not PostingKind.PENDING)
+    assert ledger.apply(undo) is ChainResult.OK
+    assert ledger.balance(BOOK.holder(A)) == cents("10,000.00")
+    assert ledger.balance(BOOK.fund_assets) == 0 and not ledger.open_pending
+    second = clear_day(distributor_files(ORDERS), resent_file(), ledger, attempt=1)
+    assert second["files"] == first["files"]
+    fresh: MemoryLedger = clear_day(distributor_files(ORDERS), resent_file())["ledger"]
+    assert {k: ledger.balance(k) for k in ledger.accounts} == {
+        k: fresh.balance(k) for k in fresh.accounts}  # fmt: skip
+    booked = len(ledger.order)
+    clear_day(distributor_files(ORDERS), resent_file(), ledger, attempt=1)  # re-run: all exist
+    assert len(ledger.order) == booked
