@@ -16,9 +16,16 @@ Modules, one concept each (imports point one way, top to bottom):
 ``orders``  order keys and re-sends (IMPORT), ``validate_order`` (VALIDATE),
             the fixed processing order (CONFIRM)
 ``confirm`` rows of the outgoing 02, 04, 05, 06 and 07 files
+``postings`` the booking plan: the ledger transfers (accounts, amounts,
+            ledgers, codes, pending/post/void) of each confirmation, and the
+            reversals a rollback books
+``memory_ledger`` an in-memory twin that applies postings with the ledger's
+            rules (linked, idempotent, never negative), for tests
 
 The standard library is all these modules import (no time, no random, no I/O);
 ``tests/test_ta_purity.py`` keeps it so.
 
-The clearing service (later) books through the replicated ledger using these.
+The clearing service (later) books through the replicated ledger using these:
+it turns each ``postings.Posting`` into a ledger transfer and submits a
+confirmation's chain as one linked group.
 """
