@@ -8,8 +8,8 @@ Modules, one concept each (imports point one way, top to bottom):
 
 ``errors``  the exception hierarchy (file rejections, bad caller input)
 ``money``   units (cents, NAV in 1/10000, exact rates), rounding modes
-``arith``   purchase, redemption, dividend and MMF income arithmetic
 ``codes``   business codes, return codes, fund status, dividend method
+``arith``   purchase, redemption, dividend and MMF income arithmetic
 ``fund``    a fund's terms for the day (status, NAV, fee schedule, rounding)
 ``ids``     deterministic 128-bit ledger ids, account ids, TA serial numbers
 ``files``   profile-21 fixed-width data files and the index file
@@ -23,7 +23,8 @@ Modules, one concept each (imports point one way, top to bottom):
             rules (linked, idempotent, never negative), for tests
 
 The standard library is all these modules import (no time, no random, no I/O);
-``tests/test_ta_purity.py`` keeps it so.
+``tests/test_ta_purity.py`` keeps it so, and keeps each module importing
+only modules listed above it.
 
 The clearing service (later) books through the replicated ledger using these:
 it turns each ``postings.Posting`` into a ledger transfer and submits a

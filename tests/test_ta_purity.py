@@ -49,3 +49,28 @@ def test_no_float_literals_in_ta() -> None:
         floats = [n.lineno for n in ast.walk(tree)
                   if isinstance(n, ast.Constant) and isinstance(n.value, float)]  # fmt: skip
         assert not floats, f"{path.name} has float literals at lines {floats}"
+
+
+LAYERS = ("errors", "money", "codes", "arith", "fund", "ids", "files", "orders", "confirm",
+          "postings", "memory_ledger")  # fmt: skip
+
+
+def ta_imports_of(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ta."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "ta":
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def test_ta_imports_point_one_way() -> None:
+    """Goal: each ta module imports only modules of lower layers (the order
+    of the package docstring), so there are no cycles."""
+    package = pathlib.Path(ta.__file__).parent
+    assert {p.stem for p in package.glob("*.py")} - {"__init__"} == set(LAYERS)
+    for rank, name in enumerate(LAYERS):
+        used = ta_imports_of(package / f"{name}.py")
+        assert used <= set(LAYERS[:rank]), f"{name} imports {sorted(used - set(LAYERS[:rank]))}"
