@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SEEDS ?= 300
 
-.PHONY: venv system test sim soak clean
+.PHONY: venv system test sim soak clean run proto
 
 venv: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-test: venv system
+test: venv system proto
 	$(PY) -m pytest -q tests
 	$(PY) -m sim --seeds $(SEEDS) --jobs 2
 
@@ -34,6 +34,16 @@ endif
 
 soak: venv
 	$(PY) -m sim --seeds 100000 --jobs 2
+
+# Generated gRPC code (proto/gen/, not committed); also made on first import when stale.
+proto: venv
+	$(PY) -m ledger.api_proto
+
+# A local three-replica cluster (one city, three data centers) in the foreground,
+# with a live status view; Ctrl-C stops it. Data and logs: data/one-city/.
+TOPOLOGY ?= one-city
+run: venv proto
+	$(PY) -m cluster run $(TOPOLOGY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
