@@ -251,14 +251,22 @@ def test_limit_flags_allow_up_to_the_other_side(led):
 
 
 def test_balancing_debit_and_credit(led):
-    assert led.transfers(tr(100, dr=2, cr=4, amount=40)) == []
+    """The amount is cut down to what the account's limit still allows."""
+    assert led.transfers(tr(100, dr=2, cr=4, amount=40),
+                         tr(99, dr=4, cr=1, amount=15, flags=TF.PENDING)) == []
     assert led.transfers(tr(101, dr=4, cr=1, amount=1000, flags=TF.BALANCING_DEBIT)) == []
-    assert led.transfer(101).amount == 40
-    assert led.account(4).debits_posted == 40
+    assert led.transfer(101).amount == 25
+    assert led.account(4).debits_posted == 25
     assert led.transfers(tr(101, dr=4, cr=1, amount=1000, flags=TF.BALANCING_DEBIT)) == [
         (0, T.EXISTS)]
-    assert led.transfers(tr(102, dr=5, cr=1, amount=1000, flags=TF.BALANCING_CREDIT)) == []
+    assert led.transfers(tr(101, dr=4, cr=1, amount=24, flags=TF.BALANCING_DEBIT)) == [
+        (0, T.EXISTS_WITH_DIFFERENT_AMOUNT)]
+    assert led.transfers(tr(102, dr=2, cr=5, amount=1000, flags=TF.BALANCING_CREDIT)) == []
     assert led.transfer(102).amount == 0
+    assert led.transfers(tr(103, dr=5, cr=1, amount=30),
+                         tr(104, dr=2, cr=5, amount=7, flags=TF.PENDING),
+                         tr(105, dr=2, cr=5, amount=1000, flags=TF.BALANCING_CREDIT)) == []
+    assert led.transfer(105).amount == 23
 
 
 # -- pending transfers ----------------------------------------------------------------------
