@@ -80,6 +80,7 @@ SLOTS_INFLIGHT_MAX = 2
 SLOT_EVENTS_FULL = 8190
 INBOX_MESSAGES_MAX = 100_000  # peer messages waiting for the driver; beyond: dropped
 READS_WAITING_MAX = 10_000
+EXPIRY_NOOP_INTERVAL_S = 1.0  # idle leader: how often pending expiries get a slot
 STORAGE_RETRY_MIN_S = 0.05
 STORAGE_RETRY_MAX_S = 2.0
 SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
@@ -159,6 +160,8 @@ class Driver:
         self._stopping = False
         self._last_leader = 0
         self._last_timestamp_ns = 0
+        self._last_proposal_at = time.monotonic()
+        self.has_pending_expiries: Callable[[Any, int], bool] = lambda tables, now_ns: False
         self.transport: PeerTransport | None = None
         self._task: asyncio.Task | None = None
 
@@ -197,6 +200,8 @@ class Driver:
     async def submit(self, command: Any, events: int, nbytes: int, deadline: float | None) -> Any:
         """Order ``command`` and return its result from the state machine."""
         self._check_serving()
+        if deadline is not None and deadline <= time.monotonic():
+            raise errors.DeadlineExceeded("the deadline had passed when the request arrived; nothing was done")
         if self.replica.role is not Role.LEADER:
             raise self.not_leader("order writes")
         if (
@@ -334,6 +339,7 @@ class Driver:
             for m in inbox:
                 r.step(m)
         self._propose_queued()
+        self._maybe_propose_expiry_noop()
         for target, future in self._transfer_requests:
             try:
                 r.transfer_leadership(target)
@@ -408,10 +414,33 @@ class Driver:
             for w in batch:
                 self._queue_events -= w.events
             self._inflight[slot] = Inflight(value, batch, now)
+            self._last_proposal_at = now
             m = self.metrics
             m.labels(m.proposals).inc()
             m.labels(m.batch_requests).observe(len(batch))
             m.labels(m.batch_events).observe(sum(w.events for w in batch))
+
+    def _maybe_propose_expiry_noop(self) -> None:
+        """On an idle leader, propose a Noop now and then while pending transfers
+        wait to expire: expiry happens at the start of each applied batch."""
+        now = time.monotonic()
+        if (
+            self.replica.role is not Role.LEADER
+            or self._queue
+            or self._inflight
+            or now - self._last_proposal_at < EXPIRY_NOOP_INTERVAL_S
+        ):
+            return
+        self._last_proposal_at = now
+        timestamp = max(time.time_ns(), self._last_timestamp_ns + 1)
+        with self.storage.reader() as tables:
+            if not self.has_pending_expiries(tables, timestamp):
+                return
+        try:
+            self.replica.propose(cmd.encode_batch(timestamp, [cmd.Noop()]))
+        except Refused:
+            return
+        self._last_timestamp_ns = timestamp
 
     def _fail_queue(self, error: errors.LedgerError) -> None:
         for w in self._queue:
@@ -565,13 +594,14 @@ class ReplicaProcess:
 
     async def start(self) -> None:
         from ledger import api  # the handlers; imported here to keep the wiring in one place
-        from ledger.server_sm import make_applier
+        from ledger.server_sm import has_pending_expiries, make_applier
 
         spec = self.spec
         self.storage = ReplicaStorage(spec.data_dir, cluster_id=self.topology.cluster_id, replica_id=spec.number)
         self.driver = Driver(
             self.topology, spec, self.storage, make_applier(), self.metrics, self.logger, self.seed
         )
+        self.driver.has_pending_expiries = has_pending_expiries
         peers = {r.number: (r.id, r.address) for r in self.topology.replicas if r.number != spec.number}
         transport = PeerTransport(
             self.topology.cluster_id, spec.number, peers, self.driver.deliver, self.metrics, self.logger

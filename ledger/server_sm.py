@@ -57,8 +57,11 @@ def kv_result(result) -> tuple[int, int]:
     return int(result.result), result.version
 
 
-def has_pending_expiries(tables: Tables) -> bool:
-    return any(True for _ in tables.range(sm.T_PENDING_EXPIRY, b"", None, 1))
+def has_pending_expiries(tables: Tables, now_ns: int) -> bool:
+    """True if some pending transfer's timeout has passed by ``now_ns``."""
+    for key, _ in tables.range(sm.T_PENDING_EXPIRY, b"", None, 1):
+        return int.from_bytes(key[:8], "big") <= now_ns
+    return False
 
 
 def lookup_accounts(tables: Tables, ids: list[int]) -> list[Account]:
