@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     replica_id: int
-    replica_ids: tuple[int, ...]
+    replica_ids: tuple[int, ...]  # the initial voters
+    learner_ids: tuple[int, ...] = ()  # the initial learners (a joining replica)
 
     # Timing, in ticks.
     heartbeat_ticks: int = 2
@@ -84,7 +85,11 @@ class Config:
         need(len(ids) in (1, 3, 5, 7), f"cluster size must be 1, 3, 5 or 7, got {len(ids)}")
         need(len(set(ids)) == len(ids), "replica ids must be distinct")
         need(all(isinstance(i, int) and 0 < i < 2**16 for i in ids), "replica ids must be in 1..65535")
-        need(self.replica_id in ids, f"replica id {self.replica_id} is not a member")
+        need(not set(ids) & set(self.learner_ids), "a replica is a voter or a learner, not both")
+        need(
+            self.replica_id in ids or self.replica_id in self.learner_ids,
+            f"replica id {self.replica_id} is not a member",
+        )
         need(self.heartbeat_ticks >= 1, "heartbeat_ticks must be >= 1")
         need(
             self.election_timeout_min_ticks >= 5 * self.heartbeat_ticks,

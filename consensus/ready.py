@@ -52,6 +52,7 @@ class RefuseReason(IntEnum):
     TRANSFERRING = 4  # leadership is moving; retry at the new leader
     LEADERSHIP_LOST = 5  # the outcome of an earlier proposal is unknown
     READS_FULL = 6
+    MEMBERSHIP_CHANGING = 7  # one membership change at a time
 
 
 class Refused(Exception):
@@ -87,8 +88,9 @@ class Ready:
     reads: list[ReadReady] = field(default_factory=list)
     reads_refused: list[ReadRefused] = field(default_factory=list)
     # Set when peers no longer hold slots this replica lacks: it needs a
-    # snapshot taken at or after this slot (filled in by the snapshot work).
+    # snapshot taken at or after ``from`` slot, which ``peer`` can provide.
     snapshot_needed_from: int | None = None
+    snapshot_peer: int = 0
 
     @property
     def empty(self) -> bool:
@@ -111,3 +113,6 @@ class DurableState:
     chosen_below: int = 0
     applied_below: int = 0  # slots below this are in the state machine
     log_start: int = 0  # slots below this were compacted into a snapshot
+    # Membership history as of log_start: ((effective slot, voters, learners), ...);
+    # empty means the configured initial membership.
+    memberships: tuple = ()

@@ -49,6 +49,13 @@ from typing import TYPE_CHECKING
 
 from consensus.ballot import Ballot, ZERO_BALLOT
 from consensus.config import Config
+from consensus.membership import (
+    Membership,
+    MembershipError,
+    MembershipHistory,
+    decode_membership,
+    is_membership_value,
+)
 from consensus.messages import (
     NOOP,
     Accept,
@@ -122,6 +129,8 @@ class _LeaderState:
     transfer_to: int = 0
     transfer_deadline: int = 0
     peer_chosen: dict[int, int] = field(default_factory=dict)
+    membership_slot: int | None = None  # slot of a membership change in flight
+    membership_pending: Membership | None = None
 
 
 class Replica:
@@ -141,6 +150,15 @@ class Replica:
         )
         self._emit_below = max(durable.applied_below, durable.log_start)
         self.chosen_below = max(self.chosen_below, self.log_start)
+        self._alpha = config.window_slots_max
+        if durable.memberships:
+            self.members = MembershipHistory.from_tuple(durable.memberships)
+        else:
+            self.members = MembershipHistory(
+                [(0, Membership(frozenset(config.replica_ids), frozenset(config.learner_ids)))]
+            )
+        for slot in range(self.log_start, self.chosen_below):
+            self._on_chosen(slot)
         # Slots known chosen above the contiguous chosen point (learned by
         # catch-up or by the leader's acks).
         self._chosen_above: set[int] = {
@@ -161,6 +179,7 @@ class Replica:
         self._campaign_ballot: Ballot = ZERO_BALLOT
         self._campaign_from = 0
         self._votes: dict[int, Promise | None] = {}
+        self._asked: set[int] = set()
         self._prevotes: set[int] = set()
         self._transfer_campaign = False
 
@@ -178,6 +197,7 @@ class Replica:
         self._reads_ready: list[ReadReady] = []
         self._reads_refused: list[ReadRefused] = []
         self._snapshot_needed_from: int | None = None
+        self._snapshot_peer = 0
         self._accept_queue: list[int] = []  # leader: slots to broadcast
         self._heartbeat_now = False
 
@@ -200,11 +220,32 @@ class Replica:
             return entry[1] if entry else None
         return None
 
+    @property
+    def membership(self) -> Membership:
+        """The membership in effect at the first unchosen slot."""
+        return self.members.at(self.chosen_below)
+
+    def is_voter(self) -> bool:
+        return self.id in self.membership.voters
+
+    def membership_changing(self) -> bool:
+        """A change is in flight or chosen but not yet in effect."""
+        ls = self._leader
+        if ls is not None and ls.membership_slot is not None:
+            return True
+        return self.members.latest()[0] > self.chosen_below
+
+    def membership_for_snapshot(self, index: int) -> tuple:
+        """The membership history a snapshot of slots below ``index`` carries."""
+        keep = [(e, m) for e, m in self.members.entries if e < index + self._alpha]
+        return MembershipHistory(keep or self.members.entries[:1]).to_tuple()
+
     def lease_valid(self) -> bool:
         ls = self._leader
         return bool(
             ls is not None
             and self.config.lease_reads
+            and not self.membership_changing()
             and ls.transfer_to == 0
             and self.now < ls.lease_until
             and self.chosen_below > ls.noop_slot
@@ -219,12 +260,19 @@ class Replica:
         elif self.now >= self._election_deadline:
             if self.role is Role.CANDIDATE and self._transfer_campaign:
                 self._transfer_campaign = False
-            self._start_prevote()
+            if self.is_voter():
+                self._start_prevote()
+            else:
+                self._step_down(self.leader_id if self.role is Role.FOLLOWER else 0)
+                self._reset_election_timer()
 
     def step(self, msg: Message) -> None:
         assert msg.dst == self.id, f"message for {msg.dst} delivered to {self.id}"
-        if msg.src == self.id or msg.src not in self.config.replica_ids:
-            return  # not from a member: ignore (the wire layer counts these)
+        if msg.src == self.id:
+            return
+        # Messages from replicas outside the membership are handled like any
+        # other: votes count only through voter sets, and the wire layer
+        # refuses frames from outside the cluster.
         handler = _HANDLERS.get(type(msg))
         if handler is None:
             return
@@ -262,8 +310,64 @@ class Replica:
 
     def campaign(self) -> None:
         """Start an election now (pre-vote first), as if the timeout had run out."""
-        if self.role is not Role.LEADER:
+        if self.role is not Role.LEADER and self.is_voter():
             self._start_prevote()
+
+    def change_membership(self, kind: str, replica_id: int) -> int:
+        """Propose a membership change: ``add_learner``, ``promote`` or ``remove``.
+
+        Returns the slot of the change; it takes effect ``window_slots_max``
+        slots after it is chosen. Raises Refused (not leader, a change already
+        under way, window full) or MembershipError (the change makes no sense).
+        """
+        ls = self._leader
+        if ls is None:
+            raise Refused(RefuseReason.NOT_LEADER, self.leader_id)
+        if ls.transfer_to:
+            raise Refused(RefuseReason.TRANSFERRING, ls.transfer_to)
+        if self.membership_changing():
+            raise Refused(RefuseReason.MEMBERSHIP_CHANGING, self.id)
+        if kind not in ("add_learner", "promote", "remove"):
+            raise MembershipError(f"unknown membership change {kind!r}")
+        if kind == "remove" and replica_id == self.id:
+            raise MembershipError("the leader cannot remove itself: transfer leadership first")
+        new = getattr(self.membership, kind)(replica_id)
+        if ls.next_slot - self.chosen_below >= self.config.window_slots_max:
+            raise Refused(RefuseReason.WINDOW_FULL, self.id)
+        slot = self._leader_propose(new.encode())
+        ls.membership_slot = slot
+        ls.membership_pending = new
+        return slot
+
+    def compact(self, below_slot: int) -> None:
+        """Forget log entries below ``below_slot``: a snapshot now covers them."""
+        assert below_slot <= self._emit_below, "compacting slots not yet applied"
+        if below_slot <= self.log_start:
+            return
+        for s in [s for s in self.accepted if s < below_slot]:
+            del self.accepted[s]
+        self.log_start = below_slot
+
+    def install_snapshot(self, index: int, memberships: tuple) -> None:
+        """A snapshot of every slot below ``index`` was installed in the state machine.
+
+        The driver has already made it durable (state tables, applied and
+        chosen point, log start, memberships) in one transaction.
+        """
+        if index <= self.chosen_below:
+            return
+        assert self.role is not Role.LEADER, "a leader never lacks chosen slots"
+        for s in [s for s in self.accepted if s < index]:
+            del self.accepted[s]
+        self._chosen_above = {s for s in self._chosen_above if s >= index}
+        self.chosen_below = index
+        self.log_start = index
+        self._emit_below = index
+        self.members = MembershipHistory.from_tuple(memberships)
+        while self.chosen_below in self._chosen_above:
+            self._chosen_above.discard(self.chosen_below)
+            self._on_chosen(self.chosen_below)
+            self.chosen_below += 1
 
     def transfer_leadership(self, target: int) -> None:
         ls = self._leader
@@ -271,7 +375,7 @@ class Replica:
             raise Refused(RefuseReason.NOT_LEADER, self.leader_id)
         if target == self.id:
             return
-        if target not in self.config.replica_ids:
+        if target not in self.membership.voters or self.membership_changing():
             raise Refused(RefuseReason.NOT_LEADER, self.id)
         ls.transfer_to = target
         ls.transfer_deadline = self.now + self.config.transfer_timeout_ticks
@@ -305,6 +409,7 @@ class Replica:
             reads=self._reads_ready,
             reads_refused=self._reads_refused,
             snapshot_needed_from=self._snapshot_needed_from,
+            snapshot_peer=self._snapshot_peer,
         )
         self._persist_promised = None
         self._persist_accepted = {}
@@ -341,6 +446,7 @@ class Replica:
         advanced = False
         while self.chosen_below in self._chosen_above:
             self._chosen_above.discard(self.chosen_below)
+            self._on_chosen(self.chosen_below)
             self.chosen_below += 1
             advanced = True
         if advanced:
@@ -369,6 +475,37 @@ class Replica:
             return self.now - ls.last_quorum_tick < self.config.election_timeout_min_ticks
         return self.leader_id != 0 and self.now - self._last_heard < self.config.election_timeout_min_ticks
 
+    def _peers(self) -> list[int]:
+        """Everyone who must hear the leader: members now and of changes ahead."""
+        ids: set[int] = set()
+        for m in self.members.from_slot(self.chosen_below):
+            ids |= m.members
+        ls = self._leader
+        if ls is not None and ls.membership_pending is not None:
+            ids |= ls.membership_pending.members
+        ids.discard(self.id)
+        return sorted(ids)
+
+    def _quorum_memberships(self) -> list[Membership]:
+        """Memberships whose majorities must confirm the leader (lease, read index)."""
+        ms = self.members.from_slot(self.chosen_below)
+        ls = self._leader
+        if ls is not None and ls.membership_pending is not None:
+            ms.append(ls.membership_pending)
+        return ms
+
+    def _on_chosen(self, slot: int) -> None:
+        """``slot`` just became part of the chosen prefix."""
+        value = self.accepted[slot][1] if slot in self.accepted else b""
+        if is_membership_value(value):
+            effective = slot + self._alpha
+            if effective > self.members.latest()[0]:
+                self.members.add(effective, decode_membership(value))
+            ls = self._leader
+            if ls is not None and ls.membership_slot == slot:
+                ls.membership_slot = None
+                ls.membership_pending = None
+
     # ------------------------------------------------------------- elections
 
     def _next_ballot(self) -> Ballot:
@@ -381,10 +518,10 @@ class Replica:
         ballot = self._next_ballot()
         self._campaign_ballot = ballot
         self._prevotes = {self.id}
-        if len(self._prevotes) >= self.config.quorum:
+        if self.membership.has_quorum(self._prevotes):
             self._start_campaign(transfer=False)
             return
-        for peer in self.config.peers:
+        for peer in self._peers():
             self._messages.append(PreVote(self.id, peer, ballot, self.chosen_below))
 
     def _start_campaign(self, transfer: bool) -> None:
@@ -400,10 +537,11 @@ class Replica:
             self.id, self.id, ballot, self._campaign_from, self._accepted_from(self._campaign_from), self.chosen_below
         )
         self._votes = {self.id: own}
-        if len(self._votes) >= self.config.quorum:
+        self._asked = {self.id} | set(self._peers())
+        if self._phase1_complete():
             self._become_leader()
             return
-        for peer in self.config.peers:
+        for peer in self._peers():
             self._messages.append(Prepare(self.id, peer, ballot, self._campaign_from, transfer))
 
     def _accepted_from(self, from_slot: int) -> tuple[AcceptedEntry, ...]:
@@ -426,7 +564,7 @@ class Replica:
             return
         if m.granted:
             self._prevotes.add(m.src)
-            if len(self._prevotes) >= self.config.quorum:
+            if self.membership.has_quorum(self._prevotes):
                 self._start_campaign(transfer=False)
 
     def _on_prepare(self, m: Prepare) -> None:
@@ -457,8 +595,30 @@ class Replica:
         if m.from_slot != self._campaign_from:
             return
         self._votes[m.src] = m
-        if len(self._votes) >= self.config.quorum:
+        if self._phase1_complete():
             self._become_leader()
+
+    def _phase1_complete(self) -> bool:
+        """Promises from a majority of every membership the recovery may involve."""
+        recovered = self._recover_values(
+            [p for p in self._votes.values() if p is not None], self._campaign_from
+        )
+        needed = self.members.from_slot(self._campaign_from)
+        for s in sorted(recovered):
+            if s >= self.chosen_below and is_membership_value(recovered[s]):
+                try:
+                    needed.append(decode_membership(recovered[s]))
+                except MembershipError:
+                    pass  # never chosen by a correct leader; it cannot govern anything
+        voted = set(self._votes)
+        for m in needed:
+            for peer in m.members - self._asked:
+                # A member we learned of from the promises: ask it too.
+                self._asked.add(peer)
+                self._messages.append(
+                    Prepare(self.id, peer, self._campaign_ballot, self._campaign_from, self._transfer_campaign)
+                )
+        return all(m.has_quorum(voted) for m in needed)
 
     def _on_reject(self, m: Reject) -> None:
         if m.promised.round > self._max_round_seen:
@@ -490,7 +650,14 @@ class Replica:
         for s in range(from_slot, top + 1):
             if s < self.chosen_below:
                 continue
-            self._leader_accept(s, best.get(s, NOOP))
+            value = best.get(s, NOOP)
+            if is_membership_value(value):
+                try:
+                    ls.membership_pending = decode_membership(value)
+                    ls.membership_slot = s
+                except MembershipError:
+                    value = NOOP  # malformed: cannot have been chosen
+            self._leader_accept(s, value)
         ls.next_slot = max(ls.next_slot, top + 1)
         # A no-op of our own: once it is chosen we know every slot chosen
         # before our leadership, which reads need.
@@ -526,7 +693,7 @@ class Replica:
         ls.acks[slot] = {self.id}
         ls.sent_tick[slot] = self.now
         self._accept_queue.append(slot)
-        if len(ls.acks[slot]) >= self.config.quorum:
+        if self.members.at(slot).has_quorum(ls.acks[slot]):
             self._mark_chosen(slot)
 
     def _step_down(self, leader_id: int) -> None:
@@ -589,7 +756,7 @@ class Replica:
             if acks is None:
                 continue
             acks.add(m.src)
-            if len(acks) >= self.config.quorum:
+            if self.members.at(s).has_quorum(acks):
                 self._mark_chosen(s)
         self._maybe_send_timeout_now()
 
@@ -600,7 +767,7 @@ class Replica:
             return
         slots = sorted(set(s for s in self._accept_queue if s in ls.acks))
         self._accept_queue = []
-        for peer in self.config.peers:
+        for peer in self._peers():
             self._send_accepts(peer, slots)
 
     def _send_accepts(self, peer: int, slots: list[int]) -> None:
@@ -623,11 +790,18 @@ class Replica:
         ls = self._leader
         assert ls is not None
         cfg = self.config
-        if self.now - ls.last_quorum_tick >= cfg.election_timeout_min_ticks and len(cfg.replica_ids) > 1:
-            # No majority heard us for a whole timeout: we may be cut off.
+        if self.now - ls.last_quorum_tick >= cfg.election_timeout_min_ticks or not self.is_voter():
+            # No majority heard us for a whole timeout (we may be cut off),
+            # or we are no longer a voter.
             self._step_down(leader_id=0)
             self._reset_election_timer()
             return
+        if self.members.latest()[0] > self.chosen_below and not ls.acks:
+            # A chosen membership change waits for the log to reach the slot
+            # where it takes effect: fill an idle log with no-ops.
+            room = self.config.window_slots_max - (ls.next_slot - self.chosen_below)
+            for _ in range(min(room, self.members.latest()[0] - ls.next_slot)):
+                self._leader_propose(NOOP)
         if ls.transfer_to and self.now >= ls.transfer_deadline:
             ls.transfer_to = 0  # the transfer failed; carry on leading
         if self.now % cfg.heartbeat_ticks == 0:
@@ -642,7 +816,7 @@ class Replica:
         if not stale:
             return
         stale.sort()
-        for peer in self.config.peers:
+        for peer in self._peers():
             missing = [s for s in stale if peer not in ls.acks.get(s, ())]
             if missing:
                 self._send_accepts(peer, missing)
@@ -655,10 +829,9 @@ class Replica:
         self._heartbeat_now = False
         ls.hb_seq += 1
         ls.hb_sent_tick[ls.hb_seq] = self.now
-        for peer in self.config.peers:
+        for peer in self._peers():
             self._messages.append(Heartbeat(self.id, peer, ls.ballot, self.chosen_below, ls.hb_seq))
-        if len(self.config.replica_ids) == 1:
-            self._quorum_round(ls.hb_seq)
+        self._check_quorum_round()
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if m.ballot < self.promised:
@@ -675,11 +848,22 @@ class Replica:
         if m.seq > ls.hb_acked.get(m.src, 0):
             ls.hb_acked[m.src] = m.seq
         ls.peer_chosen[m.src] = m.chosen_below
-        acked = sorted([ls.hb_seq] + list(ls.hb_acked.values()), reverse=True)
-        seq = acked[self.config.quorum - 1] if len(acked) >= self.config.quorum else 0
-        if seq > ls.quorum_seq:
-            self._quorum_round(seq)
+        self._check_quorum_round()
         self._maybe_send_timeout_now()
+
+    def _check_quorum_round(self) -> None:
+        """Find the newest heartbeat round every relevant majority acknowledged."""
+        ls = self._leader
+        assert ls is not None
+        seq = None
+        for m in self._quorum_memberships():
+            acked = sorted(
+                (ls.hb_seq if v == self.id else ls.hb_acked.get(v, 0) for v in m.voters), reverse=True
+            )
+            mseq = acked[m.quorum - 1]
+            seq = mseq if seq is None else min(seq, mseq)
+        if seq is not None and seq > ls.quorum_seq:
+            self._quorum_round(seq)
 
     def _quorum_round(self, seq: int) -> None:
         """Heartbeat round ``seq`` (and all before it) reached a majority."""
@@ -758,6 +942,7 @@ class Replica:
     def _on_catchup_reply(self, m: CatchupReply) -> None:
         if m.log_start > self.chosen_below and not m.entries:
             self._snapshot_needed_from = m.log_start
+            self._snapshot_peer = m.src
             return
         for s, v in m.entries:
             if s < self.chosen_below:
