@@ -1,7 +1,8 @@
 """The log encoding: one slot value is one msgpack-encoded batch of commands.
 
 A batch is the msgpack array ``[format_version, timestamp_ns, [command, ...]]``
-where ``timestamp_ns`` is the leader's clock when it built the batch (u64) and
+where ``timestamp_ns`` is the leader's clock when it built the batch (ns, at
+most ``TIMESTAMP_MAX``) and
 each command is an array whose first item is its ``CommandKind``::
 
     [CREATE_ACCOUNTS, events]              events: n x 128-byte account rows
@@ -38,6 +39,10 @@ EVENTS_PER_COMMAND_MAX = 8190
 COMMANDS_PER_BATCH_MAX = 8192
 KV_KEY_BYTES_MAX = 1024
 KV_VALUE_BYTES_MAX = 1024 * 1024
+# Leader timestamps are nanoseconds since the epoch (until the year 2262); the
+# headroom above keeps every timestamp the state machine derives, and every
+# pending expiry, inside u64.
+TIMESTAMP_MAX = (1 << 63) - 1
 # A slot value is at most consensus.Config.slot_bytes_max (16 MiB by default).
 BATCH_BYTES_MAX = 16 * 1024 * 1024
 
@@ -159,8 +164,8 @@ def _command_to_wire(command: Command) -> list:
 
 def encode_batch(timestamp_ns: int, commands: Sequence[Command]) -> bytes:
     """The slot value for ``commands``; MalformedCommand if it breaks a limit."""
-    if type(timestamp_ns) is not int or not 0 <= timestamp_ns <= U64_MAX:
-        raise MalformedCommand(f"timestamp {timestamp_ns!r} is not a u64")
+    if type(timestamp_ns) is not int or not 0 <= timestamp_ns <= TIMESTAMP_MAX:
+        raise MalformedCommand(f"timestamp {timestamp_ns!r} is not in 0..TIMESTAMP_MAX")
     if not commands:
         raise MalformedCommand("a batch holds at least one command")
     if len(commands) > COMMANDS_PER_BATCH_MAX:
@@ -237,8 +242,8 @@ def decode_batch(value: bytes) -> Batch:
     version, timestamp_ns, items = top
     if type(version) is not int or version != FORMAT_VERSION:
         raise MalformedCommand(f"unknown batch format version {version!r}")
-    if type(timestamp_ns) is not int or not 0 <= timestamp_ns <= U64_MAX:
-        raise MalformedCommand("timestamp_ns is not a u64")
+    if type(timestamp_ns) is not int or not 0 <= timestamp_ns <= TIMESTAMP_MAX:
+        raise MalformedCommand("timestamp_ns is not in 0..TIMESTAMP_MAX")
     if type(items) is not list or not items:
         raise MalformedCommand("a batch holds a non-empty array of commands")
     return Batch(timestamp_ns, tuple(_command_from_wire(item) for item in items), version)

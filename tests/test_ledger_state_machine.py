@@ -19,6 +19,7 @@ from ledger.commands import (
     FORMAT_VERSION,
     KV_KEY_BYTES_MAX,
     KV_VALUE_BYTES_MAX,
+    TIMESTAMP_MAX,
     CreateAccounts,
     CreateTransfers,
     KvCas,
@@ -234,9 +235,10 @@ def test_overflow_codes():
 
 
 def test_overflows_timeout():
+    """Unreachable with leader clocks below TIMESTAMP_MAX; forced through meta here."""
     led = Ledger()
-    led.now = (1 << 64) - 10 * SECOND
     led.accounts(Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1))
+    led.tables.put(b"meta", b"last_timestamp", ((1 << 64) - 10 * SECOND).to_bytes(8, "big"))
     assert led.transfers(tr(10, flags=TF.PENDING, timeout=1 << 31)) == [
         (0, T.OVERFLOWS_TIMEOUT)]
 
@@ -554,6 +556,8 @@ def test_encode_refuses_what_decode_would():
     with pytest.raises(MalformedCommand):
         encode_batch(-1, [Noop()])
     with pytest.raises(MalformedCommand):
+        encode_batch(TIMESTAMP_MAX + 1, [Noop()])
+    with pytest.raises(MalformedCommand):
         encode_batch(1, [CreateTransfers(b"x" * 127)])
     too_many = CreateTransfers.of([tr(i + 1) for i in range(EVENTS_PER_COMMAND_MAX + 1)])
     with pytest.raises(MalformedCommand):
@@ -577,6 +581,7 @@ def _hostile_values():
     pack = msgpack.packb
     yield from (
         pack([FORMAT_VERSION, 1]), pack([2, 1, [[0]]]), pack([FORMAT_VERSION, -1, [[0]]]),
+        pack([FORMAT_VERSION, TIMESTAMP_MAX + 1, [[0]]]),
         pack([FORMAT_VERSION, 1, []]),
         pack([FORMAT_VERSION, 1, [[99]]]), pack([FORMAT_VERSION, 1, [[2, b"x" * 129]]]),
         pack([FORMAT_VERSION, 1, [[2, b"x" * 128 * 8191]]]),
