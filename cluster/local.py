@@ -1,4 +1,4 @@
-"""A real local cluster for integration tests: real processes, real sockets on 127.0.0.1.
+"""A throwaway local cluster for tests and benchmarks: real processes, real sockets on 127.0.0.1.
 
 ``LocalCluster`` writes a topology with free ports into a temporary directory,
 starts it with ``python -m cluster up``, and on ``stop()`` kills every process
@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cluster.__main__ import pid_runs_replica
+from ledger.client import Client
 
-from cluster.__main__ import pid_runs_replica  # noqa: E402
-from ledger.client import Client  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PY = sys.executable
 
