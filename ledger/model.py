@@ -129,30 +129,33 @@ class Account:
 
     def pack(self) -> bytes:
         """The 128-byte row; ValueError if a field is out of its range."""
+        try:
+            return ACCOUNT_ROW.pack(
+                self.id.to_bytes(16, "big"),
+                self.debits_pending.to_bytes(16, "big"),
+                self.debits_posted.to_bytes(16, "big"),
+                self.credits_pending.to_bytes(16, "big"),
+                self.credits_posted.to_bytes(16, "big"),
+                self.user_data_128.to_bytes(16, "big"),
+                self.user_data_64,
+                self.user_data_32,
+                0,
+                self.ledger,
+                self.code,
+                self.flags,
+                self.timestamp,
+            )
+        except (OverflowError, struct.error, AttributeError, TypeError):
+            pass
+        # Slow path, only to say which field is wrong.
         for name in ("id", "debits_pending", "debits_posted", "credits_pending",
                      "credits_posted", "user_data_128"):
             _check(name, getattr(self, name), U128_MAX)
-        _check("user_data_64", self.user_data_64, U64_MAX)
-        _check("user_data_32", self.user_data_32, U32_MAX)
-        _check("ledger", self.ledger, U32_MAX)
-        _check("code", self.code, U16_MAX)
-        _check("flags", self.flags, U16_MAX)
-        _check("timestamp", self.timestamp, U64_MAX)
-        return ACCOUNT_ROW.pack(
-            self.id.to_bytes(16, "big"),
-            self.debits_pending.to_bytes(16, "big"),
-            self.debits_posted.to_bytes(16, "big"),
-            self.credits_pending.to_bytes(16, "big"),
-            self.credits_posted.to_bytes(16, "big"),
-            self.user_data_128.to_bytes(16, "big"),
-            self.user_data_64,
-            self.user_data_32,
-            0,
-            self.ledger,
-            self.code,
-            int(self.flags),
-            self.timestamp,
-        )
+        for name, maximum in (("user_data_64", U64_MAX), ("user_data_32", U32_MAX),
+                              ("ledger", U32_MAX), ("code", U16_MAX), ("flags", U16_MAX),
+                              ("timestamp", U64_MAX)):
+            _check(name, getattr(self, name), maximum)
+        raise AssertionError("unreachable: every field is in range")
 
     @classmethod
     def unpack(cls, row: bytes) -> Account:
@@ -193,31 +196,33 @@ class Transfer:
 
     def pack(self) -> bytes:
         """The 128-byte row; ValueError if a field is out of its range."""
-        for name in ("id", "debit_account_id", "credit_account_id", "amount",
-                     "pending_id", "user_data_128"):
+        try:
+            return TRANSFER_ROW.pack(
+                self.id.to_bytes(16, "big"),
+                self.debit_account_id.to_bytes(16, "big"),
+                self.credit_account_id.to_bytes(16, "big"),
+                self.amount.to_bytes(16, "big"),
+                self.pending_id.to_bytes(16, "big"),
+                self.user_data_128.to_bytes(16, "big"),
+                self.user_data_64,
+                self.user_data_32,
+                self.timeout,
+                self.ledger,
+                self.code,
+                self.flags,
+                self.timestamp,
+            )
+        except (OverflowError, struct.error, AttributeError, TypeError):
+            pass
+        # Slow path, only to say which field is wrong.
+        for name in ("id", "debit_account_id", "credit_account_id", "amount", "pending_id",
+                     "user_data_128"):
             _check(name, getattr(self, name), U128_MAX)
-        _check("user_data_64", self.user_data_64, U64_MAX)
-        _check("user_data_32", self.user_data_32, U32_MAX)
-        _check("timeout", self.timeout, U32_MAX)
-        _check("ledger", self.ledger, U32_MAX)
-        _check("code", self.code, U16_MAX)
-        _check("flags", self.flags, U16_MAX)
-        _check("timestamp", self.timestamp, U64_MAX)
-        return TRANSFER_ROW.pack(
-            self.id.to_bytes(16, "big"),
-            self.debit_account_id.to_bytes(16, "big"),
-            self.credit_account_id.to_bytes(16, "big"),
-            self.amount.to_bytes(16, "big"),
-            self.pending_id.to_bytes(16, "big"),
-            self.user_data_128.to_bytes(16, "big"),
-            self.user_data_64,
-            self.user_data_32,
-            self.timeout,
-            self.ledger,
-            self.code,
-            int(self.flags),
-            self.timestamp,
-        )
+        for name, maximum in (("user_data_64", U64_MAX), ("user_data_32", U32_MAX),
+                              ("timeout", U32_MAX), ("ledger", U32_MAX), ("code", U16_MAX),
+                              ("flags", U16_MAX), ("timestamp", U64_MAX)):
+            _check(name, getattr(self, name), maximum)
+        raise AssertionError("unreachable: every field is in range")
 
     @classmethod
     def unpack(cls, row: bytes) -> Transfer:

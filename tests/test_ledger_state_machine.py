@@ -10,6 +10,8 @@ import random
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.codes import CreateAccountResult as A
 from ledger.codes import CreateTransferResult as T
@@ -609,3 +611,30 @@ def test_apply_of_a_malformed_value_changes_nothing(led):
     with pytest.raises(MalformedCommand):
         led.sm.apply_batch(None)  # type: ignore[arg-type]
     assert led.tables.digest == digest and led.tables.snapshot_rows() == rows
+
+
+MSGPACK_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1),
+              st.binary(max_size=300), st.text(max_size=5), st.floats(allow_nan=False)),
+    lambda children: st.lists(children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.tuples(st.integers(0, 2), st.integers(0, TIMESTAMP_MAX), MSGPACK_VALUES).map(list),
+    st.lists(st.tuples(st.integers(0, 6), MSGPACK_VALUES, MSGPACK_VALUES).map(list), max_size=3)
+    .map(lambda commands: [FORMAT_VERSION, 1, commands]),
+    MSGPACK_VALUES,
+))
+def test_decode_structured_garbage_raises_only_malformed_command(obj):
+    """Well-formed msgpack of the wrong shape: a batch or MalformedCommand, nothing else."""
+    value = msgpack.packb(obj, use_bin_type=True)
+    try:
+        batch = decode_batch(value)
+    except MalformedCommand:
+        return
+    # What decodes applies without error.
+    LedgerStateMachine(MemoryTables()).apply_batch(value)
+    assert batch.commands
