@@ -97,7 +97,16 @@ class ReplicaMetrics:
         self._role_seen = role
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        self._http = start_http_server(port, addr=host, registry=self.registry)
+
+    def stop_serving(self) -> None:
+        http = getattr(self, "_http", None)
+        if http:
+            server, thread = http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None
 
 
 class JsonFormatter(logging.Formatter):

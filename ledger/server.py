@@ -656,6 +656,7 @@ class ReplicaProcess:
             await self.driver.stop()
         if self.storage is not None:
             self.storage.close()
+        self.metrics.stop_serving()
         log(self.logger, logging.INFO, "replica stopped")
 
 

@@ -1,0 +1,178 @@
+"""The client library against scripted fake replicas (real gRPC on loopback).
+
+Goal: the client follows a follower's redirect to the named leader, tries the
+next replica when one is down or has no leader, backs off on
+RESOURCE_EXHAUSTED, retries a timed-out write with the very same request (same
+event ids: idempotent), refuses to blindly retry a non-idempotent KV
+operation whose outcome is unknown, raises request errors at once, and the
+Batcher packs concurrent single events into few requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from ledger import errors
+from ledger.api_proto import pb, pb_grpc
+from ledger.client import AsyncClient, Batcher
+from ledger.model import Transfer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeLedger(pb_grpc.LedgerServicer, pb_grpc.KVServicer):
+    """Answers from a script: a list of actions, one per call, then 'ok'."""
+
+    def __init__(self, script=()):
+        self.script = list(script)
+        self.requests = []
+
+    async def _act(self, context):
+        action = self.script.pop(0) if self.script else "ok"
+        if isinstance(action, tuple) and action[0] == "redirect":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not the leader", trailing_metadata=(
+                ("x-error-kind", "NotLeader"), ("x-leader-id", "r2"), ("x-leader-address", action[1]),
+            ))
+        if action == "no-leader":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader known",
+                                trailing_metadata=(("x-error-kind", "NotLeader"),))
+        if action == "busy":
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full",
+                                trailing_metadata=(("x-error-kind", "Overloaded"),))
+        if action == "slow":
+            await asyncio.sleep(1.0)
+        if action == "invalid":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount: 17 bytes",
+                                trailing_metadata=(("x-error-kind", "InvalidArgument"),))
+
+    async def CreateTransfers(self, request, context):
+        self.requests.append(request)
+        await self._act(context)
+        return pb.CreateTransfersResponse(results=[
+            pb.EventResult(index=i, code=0, name="ok") for i in range(len(request.transfers))
+        ])
+
+    async def CompareAndSet(self, request, context):
+        self.requests.append(request)
+        await self._act(context)
+        return pb.CompareAndSetResponse(ok=True, version=7)
+
+
+async def _serve(fake):
+    server = grpc.aio.server()
+    pb_grpc.add_LedgerServicer_to_server(fake, server)
+    pb_grpc.add_KVServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def _transfer(i=1):
+    return Transfer(id=i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1)
+
+
+def test_follows_redirect_to_the_named_leader():
+    async def run():
+        leader = FakeLedger()
+        s2, leader_addr = await _serve(leader)
+        follower = FakeLedger([("redirect", leader_addr)])
+        s1, follower_addr = await _serve(follower)
+        try:
+            async with AsyncClient([follower_addr]) as c:
+                results = await c.create_transfers([_transfer()])
+                assert [r.name for r in results] == ["ok"]
+                assert len(leader.requests) == 1 and len(follower.requests) == 1
+                # The next call goes straight to the leader.
+                await c.create_transfers([_transfer(2)])
+                assert len(leader.requests) == 2 and len(follower.requests) == 1
+        finally:
+            await s1.stop(None)
+            await s2.stop(None)
+
+    asyncio.run(run())
+
+
+def test_tries_the_next_replica_when_one_is_down_or_leaderless():
+    async def run():
+        good = FakeLedger(["no-leader"])
+        s, good_addr = await _serve(good)
+        try:
+            async with AsyncClient(["127.0.0.1:1", good_addr], timeout_s=10) as c:
+                results = await c.create_transfers([_transfer()])
+                assert [r.name for r in results] == ["ok"]
+                assert len(good.requests) == 2  # no leader known at first, then served
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_backs_off_on_resource_exhausted_and_retries_same_ids_after_timeout():
+    async def run():
+        fake = FakeLedger(["busy", "slow", "ok"])
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr], timeout_s=10, attempt_timeout_s=0.3) as c:
+                results = await c.create_transfers([_transfer(41), _transfer(42)])
+                assert [r.name for r in results] == ["ok", "ok"]
+                assert len(fake.requests) == 3
+                assert all([t.id for t in r.transfers] == [fake.requests[0].transfers[0].id,
+                                                           fake.requests[0].transfers[1].id]
+                           for r in fake.requests)
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_request_errors_are_raised_at_once():
+    async def run():
+        fake = FakeLedger(["invalid"])
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr]) as c:
+                with pytest.raises(errors.InvalidArgument, match="17 bytes"):
+                    await c.create_transfers([_transfer()])
+                assert len(fake.requests) == 1
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_non_idempotent_kv_is_not_retried_blindly():
+    async def run():
+        fake = FakeLedger(["slow"])
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr], attempt_timeout_s=0.2) as c:
+                with pytest.raises(errors.OutcomeUnknown):
+                    await c.kv_cas(b"k", 1, b"v")
+                assert len(fake.requests) == 1
+                # Refused before processing (not the leader): safe to retry.
+                fake.script = ["no-leader"]
+                assert await c.kv_cas(b"k", 1, b"v") == (True, 7)
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_batcher_packs_concurrent_events():
+    async def run():
+        fake = FakeLedger()
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr]) as c:
+                batcher = Batcher(c, events_max=100, linger_s=0.01)
+                results = await asyncio.gather(*(batcher.create_transfer(_transfer(i)) for i in range(1, 251)))
+                assert all(r.name == "ok" for r in results)
+                assert len(fake.requests) == 3  # 100 + 100 + 50
+                assert sorted(len(r.transfers) for r in fake.requests) == [50, 100, 100]
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())

@@ -1,0 +1,78 @@
+"""Topology files: the three shipped ones load; mistakes are refused with the file and the fix.
+
+Goal: one city with three data centers, two cities with three data centers,
+and three cities with five replicas (2 + 2 + 1) are shipped and valid; a
+topology with a duplicate address, a bad id or an unknown primary zone is
+refused naming what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from cluster import topology as topo
+
+
+def test_shipped_topologies():
+    one = topo.load("one-city")
+    assert len(one.replicas) == 3 and len({r.city for r in one.replicas}) == 1
+    assert len({r.data_center for r in one.replicas}) == 3
+    two = topo.load("two-cities")
+    assert len(two.replicas) == 3 and len({r.city for r in two.replicas}) == 2
+    assert len({r.data_center for r in two.replicas}) == 3
+    three = topo.load("three-cities")
+    assert sorted(Counter(r.city for r in three.replicas).values()) == [1, 2, 2]
+    for t in (one, two, three):
+        assert t.cluster_id and t.primary_zone
+        assert all(r.host == "127.0.0.1" for r in t.replicas)
+        assert [r.number for r in t.replicas] == list(range(1, len(t.replicas) + 1))
+
+
+BASE = """cluster_id = "x"
+primary_zone = "{zone}"
+""" + "".join(
+    f"""
+[[replica]]
+id = "{{id{i}}}"
+city = "c"
+data_center = "d{i}"
+address = "{{addr{i}}}"
+metrics_port = {9000 + i}
+data_dir = "data/r{i}"
+"""
+    for i in range(1, 4)
+)
+
+
+def _write(tmp_path, **over):
+    values = {"zone": "d1", "id1": "r1", "id2": "r2", "id3": "r3",
+              "addr1": "127.0.0.1:1", "addr2": "127.0.0.1:2", "addr3": "127.0.0.1:3"}
+    values.update(over)
+    path = tmp_path / "t.toml"
+    path.write_text(BASE.format(**values))
+    return path
+
+
+def test_valid_custom_topology(tmp_path):
+    t = topo.load(_write(tmp_path))
+    assert t.replica("r2").address == "127.0.0.1:2"
+    assert t.with_data_root(tmp_path).replica("r3").data_dir == tmp_path / "r3"
+
+
+@pytest.mark.parametrize("over, why", [
+    ({"addr2": "127.0.0.1:1"}, "addresses must be distinct"),
+    ({"id2": "two"}, "id must look like r1"),
+    ({"id2": "r1"}, "ids must be distinct"),
+    ({"zone": "mars"}, "names no city or data center"),
+    ({"addr3": "nohost"}, "host:port"),
+])
+def test_mistakes_are_refused_with_the_cause(tmp_path, over, why):
+    with pytest.raises(topo.TopologyError, match=why):
+        topo.load(_write(tmp_path, **over))
+
+
+def test_unknown_topology_names_the_shipped_ones():
+    with pytest.raises(topo.TopologyError, match="one-city"):
+        topo.load("no-such-topology")
