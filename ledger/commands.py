@@ -37,7 +37,10 @@ FORMAT_VERSION = 1
 
 EVENTS_PER_COMMAND_MAX = 8190
 COMMANDS_PER_BATCH_MAX = 8192
-KV_KEY_BYTES_MAX = 1024
+# A KV key is a key of the ``kv`` table, and LMDB's keys are at most 511 bytes
+# (``ledger.storage.KEY_BYTES_MAX``): a longer key would apply on MemoryTables
+# and fail on disk.
+KV_KEY_BYTES_MAX = 511
 KV_VALUE_BYTES_MAX = 1024 * 1024
 # Leader timestamps are nanoseconds since the epoch (until the year 2262); the
 # headroom above keeps every timestamp the state machine derives, and every

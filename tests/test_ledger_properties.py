@@ -13,13 +13,15 @@ the ledger's invariants hold after every batch:
 * a failed linked chain leaves no trace (rows equal the model's);
 * a resubmitted batch books nothing twice: each event that succeeded answers
   ``exists`` (or ``linked_event_failed`` behind the first event of its chain);
-* the same batches on two MemoryTables give identical rows and digests, and
-  the incremental digest equals the digest recomputed from the rows.
+* the same batches on two MemoryTables, and on LMDB (``ReplicaStorage``),
+  give identical results, rows and digests, and the incremental digest equals
+  the digest recomputed from the rows.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
@@ -28,10 +30,12 @@ from hypothesis import strategies as st
 from ledger import digest as digest_mod
 from ledger.codes import CreateAccountResult as A
 from ledger.codes import CreateTransferResult as T
-from ledger.commands import CreateAccounts, CreateTransfers, encode_batch
+from consensus.ready import Persist
+from ledger.commands import CreateAccounts, CreateTransfers, KvCas, KvDelete, KvPut, encode_batch
 from ledger.model import U64_MAX, U128_MAX, Account, AccountFlags, Transfer, TransferFlags
 from ledger.state_machine import LedgerStateMachine
-from ledger.tables import MemoryTables
+from ledger.storage import ReplicaStorage
+from ledger.tables import TABLES, MemoryTables
 
 SECOND = 1_000_000_000
 LINKED = 1
@@ -606,3 +610,41 @@ def test_a_resubmitted_batch_books_nothing_twice(batches):
         for key, row in before[b"transfers"].items():
             assert after[b"transfers"][key] == row
         _check_invariants(tables)
+
+
+KV_COMMANDS = st.one_of(
+    st.builds(KvPut, st.sampled_from([b"a", b"b", b"k" * 511]), st.binary(max_size=8)),
+    st.builds(KvDelete, st.sampled_from([b"a", b"b", b""])),
+    st.builds(KvCas, st.sampled_from([b"a", b"b"]), st.sampled_from([0, 1, 5]),
+              st.binary(max_size=8)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(BATCHES, st.lists(KV_COMMANDS, max_size=4))
+def test_lmdb_and_memory_tables_apply_identically(batches, kv_commands):
+    memory = MemoryTables()
+    values = [_value(1_000 * SECOND, SETUP)]
+    batch_ts = 1_000 * SECOND
+    for step, commands in batches:
+        batch_ts += step
+        values.append(_value(batch_ts, commands))
+    if kv_commands:
+        values.append(encode_batch(batch_ts, kv_commands))
+    with tempfile.TemporaryDirectory() as tmp:
+        with ReplicaStorage(tmp, cluster_id="ledger-prop", replica_id=1) as storage:
+            for applied, value in enumerate(values, start=1):
+                expected = LedgerStateMachine(memory).apply_batch(value)
+                got = []
+
+                def apply(tables):
+                    got.append(LedgerStateMachine(tables).apply_batch(value))
+                    return applied
+
+                storage.write_step(Persist(), apply)
+                assert got == [expected]
+                assert storage.state_digest() == memory.digest
+            with storage.reader() as view:
+                rows = {t: dict(view.range(t, b"", None, 10**9)) for t in TABLES}
+            assert rows == memory.snapshot_rows()
+            assert storage.recompute_digest() == memory.digest
