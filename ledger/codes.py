@@ -77,7 +77,8 @@ code is only ever appended with a new number; a number is never reused.
     38 exists_with_different_user_data_64
     39 exists_with_different_user_data_32
     40 exists_with_different_timeout
-    41 exists_with_different_ledger
+    41 exists_with_different_ledger   (never answered: the ledger must equal the
+                                      debit account's, which must be the same)
     42 exists_with_different_code
     43 exists
     -- post/void only: --

@@ -691,8 +691,8 @@ def _transfer_exists(event: tuple, existing: bytes) -> int:
         return _T.EXISTS_WITH_DIFFERENT_USER_DATA_32
     if event[8] != e[8]:
         return _T.EXISTS_WITH_DIFFERENT_TIMEOUT
-    if event[9] != e[9]:
-        return _T.EXISTS_WITH_DIFFERENT_LEDGER
+    # Same debit account, and the ledger was checked against that account's.
+    assert event[9] == e[9], "exists_with_different_ledger is unreachable"
     if event[10] != e[10]:
         return _T.EXISTS_WITH_DIFFERENT_CODE
     return _T.EXISTS
