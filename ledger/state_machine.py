@@ -48,8 +48,10 @@ Table layout (keys big-endian)::
     meta               b"last_timestamp" -> u64; b"counters" -> batches,
                        commands, events (u64 each)
 
-Queries (``lookup_accounts`` ... ``kv_range``) are read-only functions over any
-``Tables`` and are also methods of ``LedgerStateMachine``.
+Queries (``lookup_accounts``, ``lookup_transfers``, ``get_account_transfers``,
+``get_transfers``, ``get_account_balances``, ``kv_get``, ``kv_range``,
+``last_timestamp``, ``counters``) are read-only functions over any ``Tables``
+and are also methods of ``LedgerStateMachine``.
 
 ``python -m ledger.state_machine --bench`` measures the apply rate.
 """
@@ -75,7 +77,6 @@ from ledger.commands import (
 from ledger.model import (
     ACCOUNT_FLAGS_VALID,
     ACCOUNT_ROW,
-    BALANCE_ROW,
     ID_INT_MAX,
     ID_ZERO,
     ROW_BYTES,
@@ -741,6 +742,9 @@ class LedgerStateMachine:
     def get_account_transfers(self, account_id: int, **kw) -> list[Transfer]:
         return get_account_transfers(self.tables, account_id, **kw)
 
+    def get_transfers(self, **kw) -> list[Transfer]:
+        return get_transfers(self.tables, **kw)
+
     def get_account_balances(self, account_id: int, **kw) -> list[AccountBalance]:
         return get_account_balances(self.tables, account_id, **kw)
 
@@ -836,6 +840,30 @@ def get_account_transfers(
             end = last
         else:
             start = last + b"\x00"
+    return found
+
+
+def get_transfers(
+    tables: Tables,
+    timestamp_min: int = 0,
+    timestamp_max: int = 0,
+    limit: int = QUERY_LIMIT_MAX,
+    reverse: bool = False,
+) -> list[Transfer]:
+    """All transfers by timestamp (bounds and paging as ``get_account_transfers``).
+
+    For a reversal from a backup point: every transfer booked after it.
+    """
+    limit = min(limit, QUERY_LIMIT_MAX)
+    if limit <= 0 or (timestamp_max and timestamp_min > timestamp_max):
+        return []
+    start = timestamp_min.to_bytes(8, "big")
+    end = (timestamp_max + 1).to_bytes(8, "big") if timestamp_max and timestamp_max < U64_MAX else None
+    found = []
+    for _, transfer_id in tables.range(T_TRANSFERS_BY_TS, start, end, limit, reverse):
+        row = tables.get(T_TRANSFERS, transfer_id)
+        assert row is not None, "transfers_by_ts names a missing transfer"
+        found.append(Transfer.unpack(row))
     return found
 
 

@@ -460,6 +460,17 @@ def test_account_transfers_paging_and_filters(led):
     assert led.sm.get_account_transfers(77) == []
 
 
+def test_all_transfers_by_timestamp(led):
+    assert led.transfers(tr(100), tr(101, flags=TF.PENDING), tr(102)) == []
+    mark = led.transfer(100).timestamp
+    assert led.transfers(Transfer(id=103, pending_id=101, flags=TF.VOID_PENDING_TRANSFER)) == []
+    assert [t.id for t in led.sm.get_transfers()] == [100, 101, 102, 103]
+    assert [t.id for t in led.sm.get_transfers(timestamp_min=mark + 1)] == [101, 102, 103]
+    assert [t.id for t in led.sm.get_transfers(timestamp_max=mark + 1)] == [100, 101]
+    assert [t.id for t in led.sm.get_transfers(reverse=True, limit=2)] == [103, 102]
+    assert led.sm.get_transfers(timestamp_min=mark + 5, timestamp_max=mark) == []
+
+
 def test_balance_history_only_for_history_accounts(led):
     assert led.transfers(tr(100, dr=6, cr=1, amount=5), tr(101, dr=1, cr=6, amount=7)) == []
     history = led.sm.get_account_balances(6)
