@@ -97,3 +97,22 @@ def test_prefix_end():
     assert api._prefix_end(b"ab") == b"ac"
     assert api._prefix_end(b"a\xff") == b"b"
     assert api._prefix_end(b"\xff\xff") is None
+
+
+@given(st.lists(st.builds(
+    Transfer, id=U128, debit_account_id=U128, credit_account_id=U128, amount=U128, pending_id=U128,
+    user_data_128=U128, user_data_64=st.integers(0, 2**64 - 1), user_data_32=st.integers(0, 2**32 - 1),
+    timeout=st.integers(0, 2**32 - 1), ledger=st.integers(0, 2**32 - 1), code=st.integers(0, 2**16 - 1),
+    flags=st.integers(0, 2**16 - 1), timestamp=st.integers(0, 2**64 - 1),
+), max_size=5))
+def test_fast_transfer_rows_equal_the_model_rows(transfers):
+    """The CreateTransfers hot path packs exactly what the model packs."""
+    messages = [transfer_pb(t) for t in transfers]
+    assert api.transfer_rows(messages) == b"".join(t.pack() for t in transfers)
+
+
+def test_fast_transfer_rows_validate():
+    with pytest.raises(errors.InvalidArgument, match=r"transfers\[0\].amount.*got 17 bytes"):
+        api.transfer_rows([pb.Transfer(amount=b"\x01" * 17)])
+    with pytest.raises(errors.InvalidArgument, match=r"transfers\[0\].flags"):
+        api.transfer_rows([pb.Transfer(flags=1 << 16)])
