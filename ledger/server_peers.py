@@ -50,6 +50,35 @@ CHANNEL_OPTIONS = [
 ]
 
 
+FRAME_TARGET_BYTES = 8 * 1024 * 1024  # split a turn's messages to one peer above this
+
+
+def _payload_bytes(m: Message) -> int:
+    """A cheap upper-bound estimate of a message's encoded size."""
+    size = 64
+    for entry in getattr(m, "entries", ()) or getattr(m, "accepted", ()):
+        size += len(entry[-1]) + 32
+    return size
+
+
+def _frames_of(messages: list[Message]) -> list[list[Message]]:
+    """Consecutive chunks of at most MESSAGES_PER_FRAME_MAX messages and about
+    FRAME_TARGET_BYTES each (a single larger message gets a frame of its own)."""
+    frames: list[list[Message]] = []
+    current: list[Message] = []
+    size = 0
+    for m in messages:
+        b = _payload_bytes(m)
+        if current and (size + b > FRAME_TARGET_BYTES or len(current) >= wire.MESSAGES_PER_FRAME_MAX):
+            frames.append(current)
+            current, size = [], 0
+        current.append(m)
+        size += b
+    if current:
+        frames.append(current)
+    return frames
+
+
 class PeerLink:
     """The outbound stream to one peer."""
 
@@ -169,8 +198,8 @@ class PeerTransport:
                     probes[m.seq] = now
                     if len(probes) > RTT_PROBES_MAX:
                         del probes[next(iter(probes))]
-            for i in range(0, len(msgs), wire.MESSAGES_PER_FRAME_MAX):
-                link.offer(wire.encode_frame(self.cluster_id, self.self_id, msgs[i : i + wire.MESSAGES_PER_FRAME_MAX]))
+            for chunk in _frames_of(msgs):
+                link.offer(wire.encode_frame(self.cluster_id, self.self_id, chunk))
 
     def _observe(self, sender: int, messages: list[Message]) -> None:
         link = self.links.get(sender)

@@ -149,3 +149,17 @@ def test_oversized_frame_is_refused_before_parsing():
 def test_non_bytes_input_is_refused():
     with pytest.raises(wire.WireError):
         wire.decode_frame("text", CLUSTER)  # type: ignore[arg-type]
+
+
+def test_peer_frames_split_by_size_and_count():
+    """A turn's messages to one peer are cut into frames a peer will accept."""
+    from consensus.messages import Accept, Heartbeat
+    from ledger.server_peers import FRAME_TARGET_BYTES, _frames_of
+
+    big = [Accept(1, 2, Ballot(1, 1), ((i, b"x" * (FRAME_TARGET_BYTES // 3)),), 0) for i in range(7)]
+    frames = _frames_of(big)
+    assert [m for f in frames for m in f] == big
+    assert all(len(f) <= 3 for f in frames)
+    small = [Heartbeat(1, 2, Ballot(1, 1), 0, i) for i in range(wire.MESSAGES_PER_FRAME_MAX + 5)]
+    frames = _frames_of(small)
+    assert [len(f) for f in frames] == [wire.MESSAGES_PER_FRAME_MAX, 5]
