@@ -648,3 +648,28 @@ def test_lmdb_and_memory_tables_apply_identically(batches, kv_commands):
                 rows = {t: dict(view.range(t, b"", None, 10**9)) for t in TABLES}
             assert rows == memory.snapshot_rows()
             assert storage.recompute_digest() == memory.digest
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(BATCHES)
+def test_failed_events_leave_no_trace(batches):
+    """Model-free: a batch gives the same tables and digest as the same batch in
+    which every event that failed (linked chains included) is replaced by an
+    event that fails at its first check (id 0)."""
+    tables, twin = MemoryTables(), MemoryTables()
+    sm, sm_twin = LedgerStateMachine(tables), LedgerStateMachine(twin)
+    batch_ts = 1_000 * SECOND
+    for step, commands in [(0, SETUP)] + batches:
+        batch_ts += step
+        results = sm.apply_batch(_value(batch_ts, commands))
+        inert = []
+        for (kind, events), failed in zip(commands, results):
+            failed = dict(failed)
+            blank = Account(id=0, ledger=1, code=1) if kind == "accounts" else Transfer(id=0)
+            inert.append((kind, [blank if i in failed else e for i, e in enumerate(events)]))
+        twin_results = sm_twin.apply_batch(_value(batch_ts, inert))
+        for (kind, events), failed, twin_failed in zip(commands, results, twin_results):
+            zero = A.ID_MUST_NOT_BE_ZERO if kind == "accounts" else T.ID_MUST_NOT_BE_ZERO
+            assert twin_failed == [(i, zero) for i, _ in failed]
+        assert twin.digest == tables.digest
+        assert twin.snapshot_rows() == tables.snapshot_rows()
