@@ -47,3 +47,14 @@ run: venv proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# Chaos suite (chaos/): real replicas under faults, checked histories, reports under data/chaos/.
+# chaos-quick: a short schedule on one topology, ends with one line "chaos: valid=<true|false> ...".
+# chaos: every shipped topology under every fault, survival matrix in data/chaos/survival.html.
+# NET=loopback|netns (default: netns as root, else loopback).
+.PHONY: chaos chaos-quick
+chaos-quick: venv
+	$(PY) -m chaos quick $(if $(NET),--network $(NET))
+
+chaos: venv
+	$(PY) -m chaos full $(if $(NET),--network $(NET))

@@ -1,0 +1,379 @@
+"""A cluster under test: replica processes, the links between them, and their fault controls.
+
+Each replica gets its own view of the topology (``<run>/topo-<id>.toml``):
+itself at the address it listens on, every peer at the address of the link
+that carries its traffic to that peer. So links can be delayed or cut one
+by one, and in one direction, without any change to the server.
+
+Two networks:
+
+``LoopbackNetwork`` (no root needed)
+    every replica listens on 127.0.0.1:<topology port>; one Toxiproxy proxy
+    per directed link ``rI-rJ`` (and ``client-rJ`` for the clients), with
+    latency toxics for the zones' RTT; cuts disable proxies. Driven through
+    toxiproxy-python against ``chaos.toxiproxy_server`` (started here) or a
+    real Toxiproxy server given by URL.
+
+``NetnsNetwork`` (root)
+    every replica on its own namespace host (``chaos.netns``), with a delay
+    stage per host; cuts are nftables rules.
+
+Replica processes run with the fault shim (``chaos/faultshim.c``) preloaded,
+which gives the clock and fsync nemeses a handle on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chaos import netns, zones
+from chaos.toxi import ToxiproxyAPI, ToxiproxyError
+from cluster import topology as topo
+from cluster.__main__ import pid_runs_replica
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIM_SOURCE = Path(__file__).resolve().parent / "faultshim.c"
+LOOPBACK_PROXY_PORT_BASE = 27000  # + 100 * source number + destination number (client: 0)
+LOOPBACK_REPLICA_PORT_BASE = 27900  # + replica number: away from the shipped topologies' ports
+LOOPBACK_METRICS_PORT_BASE = 27950
+PIDS_FILE = ROOT / "data" / "chaos" / "pids.txt"
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+
+
+def build_shim(out_dir: Path) -> Path | None:
+    """Compile the fault shim; None when no C compiler is around (clock/fsync nemeses then skip)."""
+    out = out_dir / "faultshim.so"
+    try:
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(out), str(SHIM_SOURCE), "-ldl"],
+                       check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out
+
+
+def remember_pid(pid: int, marker: str) -> None:
+    """Record a process we started, for ``python -m chaos cleanup`` after an interrupted run."""
+    PIDS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(PIDS_FILE, "a") as f:
+        f.write(f"{pid} {marker}\n")
+
+
+def write_topology(path: Path, topology: topo.Topology, addresses: dict[str, str], data_root: Path,
+                   metrics_ports: dict[str, int]) -> None:
+    lines = [f'cluster_id = "{topology.cluster_id}"', f'primary_zone = "{topology.primary_zone}"',
+             "", "[timing]", f"tick_ms = {topology.tick_ms}", ""]
+    for r in topology.replicas:
+        lines += ["[[replica]]", f'id = "{r.id}"', f'city = "{r.city}"', f'data_center = "{r.data_center}"',
+                  f'address = "{addresses[r.id]}"', f"metrics_port = {metrics_ports[r.id]}",
+                  f'data_dir = "{data_root / r.id}"', ""]
+    path.write_text("\n".join(lines))
+
+
+def _zone(r: topo.ReplicaSpec) -> tuple[str, str]:
+    return (r.city, r.data_center)
+
+
+def client_zone(topology: topo.Topology) -> tuple[str, str]:
+    """Clients sit in the primary zone (a data center or a city name)."""
+    for r in topology.replicas:
+        if topology.primary_zone in (r.data_center, r.city):
+            return _zone(r)
+    return _zone(topology.replicas[0])
+
+
+# ---------------------------------------------------------------- networks
+
+
+class LoopbackNetwork:
+    kind = "loopback"
+
+    def __init__(self, topology: topo.Topology, run_dir: Path, toxiproxy_url: str | None = None) -> None:
+        self.topology = topology
+        self.run_dir = run_dir
+        self.external = toxiproxy_url is not None
+        self.server: subprocess.Popen | None = None
+        self.url = toxiproxy_url
+        self.api: ToxiproxyAPI | None = None
+        self.links: dict[tuple[str, str], str] = {}  # (src, dst) -> proxy listen address
+        self.cut: set[tuple[str, str]] = set()
+
+    def _port(self, src: str, dst: str) -> int:
+        s = 0 if src == "client" else self.topology.replica(src).number
+        return LOOPBACK_PROXY_PORT_BASE + s * 100 + self.topology.replica(dst).number
+
+    def listen_address(self, rid: str) -> str:
+        return f"127.0.0.1:{LOOPBACK_REPLICA_PORT_BASE + self.topology.replica(rid).number}"
+
+    def metrics_port(self, rid: str) -> int:
+        return LOOPBACK_METRICS_PORT_BASE + self.topology.replica(rid).number
+
+    def peer_address(self, src: str, dst: str) -> str:
+        return f"127.0.0.1:{self._port(src, dst)}"
+
+    def client_addresses(self) -> list[str]:
+        return [self.peer_address("client", r.id) for r in self.topology.replicas]
+
+    def wrap(self, host: str, argv: list[str]) -> list[str]:
+        return argv
+
+    def start(self) -> None:
+        if not self.external:
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "chaos.toxiproxy_server", "--port", "0"], stdout=subprocess.PIPE,
+                stderr=open(self.run_dir / "toxiproxy.log", "ab"), text=True, cwd=str(ROOT),
+                start_new_session=True,
+            )
+            ready, _, _ = select.select([self.server.stdout], [], [], START_TIMEOUT_S)
+            if not ready:
+                raise ToxiproxyError("the proxy server did not start")
+            self.url = json.loads(self.server.stdout.readline())["api"]
+            remember_pid(self.server.pid, "chaos.toxiproxy_server")
+        self.api = ToxiproxyAPI(self.url)
+        rtts = {}
+        for src in ["client"] + [r.id for r in self.topology.replicas]:
+            zsrc = client_zone(self.topology) if src == "client" else _zone(self.topology.replica(src))
+            for r in self.topology.replicas:
+                if r.id == src:
+                    continue
+                name = f"{src}-{r.id}"
+                self.api.destroy(name)
+                self.api.create(name, self.peer_address(src, r.id), self.listen_address(r.id))
+                self.links[(src, r.id)] = self.peer_address(src, r.id)
+                rtt = zones.rtt_ms(zsrc, _zone(r))
+                rtts[name] = rtt
+                for t in zones.latency_toxics(rtt):
+                    attrs = dict(t["attributes"])
+                    if self.external:  # a real Toxiproxy takes whole milliseconds
+                        attrs["latency"] = max(1, round(attrs["latency"]))
+                    self.api.add_toxic(name, t["name"], "latency", attrs, stream=t["stream"])
+        self.rtts = rtts
+
+    def block(self, src: str, dst: str) -> None:
+        if (src, dst) in self.links and (src, dst) not in self.cut:
+            self.api.set_enabled(f"{src}-{dst}", False)
+            self.cut.add((src, dst))
+
+    def heal(self) -> None:
+        for src, dst in sorted(self.cut):
+            self.api.set_enabled(f"{src}-{dst}", True)
+        self.cut.clear()
+
+    def toxic(self, src: str, dst: str, name: str, kind: str, attributes: dict, stream: str = "downstream") -> None:
+        self.api.add_toxic(f"{src}-{dst}", name, kind, attributes, stream=stream)
+
+    def untoxic(self, src: str, dst: str, name: str) -> None:
+        self.api.remove_toxic(f"{src}-{dst}", name)
+
+    def stop(self) -> None:
+        if self.api is not None:
+            try:
+                for name in [f"{s}-{d}" for s, d in self.links]:
+                    self.api.destroy(name)
+            except ToxiproxyError:
+                pass
+            self.api.close()
+            self.api = None
+        if self.server is not None:
+            self.server.terminate()
+            try:
+                self.server.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+            self.server = None
+
+
+class NetnsNetwork:
+    kind = "netns"
+
+    def __init__(self, topology: topo.Topology, run_dir: Path) -> None:
+        self.topology = topology
+        self.run_dir = run_dir
+        self.ns = netns.Namespaces({r.id: r.number for r in topology.replicas})
+        self.delay_stages: list[subprocess.Popen] = []
+        self.rtts: dict[str, float] = {}
+        self.cut: set[tuple[str, str]] = set()
+
+    def listen_address(self, rid: str) -> str:
+        return f"{self.ns.hosts[rid].address}:{self.topology.replica(rid).port}"
+
+    def metrics_port(self, rid: str) -> int:
+        return self.topology.replica(rid).metrics_port
+
+    def peer_address(self, src: str, dst: str) -> str:
+        return f"127.0.0.1:{netns.PEER_PORT_BASE + self.topology.replica(dst).number}"
+
+    def client_addresses(self) -> list[str]:
+        return [self.peer_address("client", r.id) for r in self.topology.replicas]
+
+    def wrap(self, host: str, argv: list[str]) -> list[str]:
+        return netns.ns_exec(self.ns.hosts[host].ns) + argv
+
+    def start(self) -> None:
+        self.ns.create()
+        for src in ["client"] + [r.id for r in self.topology.replicas]:
+            zsrc = client_zone(self.topology) if src == "client" else _zone(self.topology.replica(src))
+            proxies = []
+            for r in self.topology.replicas:
+                if r.id == src:
+                    continue
+                rtt = zones.rtt_ms(zsrc, _zone(r))
+                self.rtts[f"{src}-{r.id}"] = rtt
+                proxies.append({"name": f"{src}-{r.id}", "listen": self.peer_address(src, r.id),
+                                "upstream": self.listen_address(r.id), "toxics": zones.latency_toxics(rtt)})
+            config = self.run_dir / f"links-{src}.json"
+            config.write_text(json.dumps(proxies, indent=1))
+            p = subprocess.Popen(
+                self.wrap(src, [sys.executable, "-m", "chaos.toxiproxy_server", "--port", "8474",
+                                "--config", str(config)]),
+                stdout=subprocess.PIPE, stderr=open(self.run_dir / f"links-{src}.log", "ab"), text=True,
+                cwd=str(ROOT), env=_env(), start_new_session=True,
+            )
+            ready, _, _ = select.select([p.stdout], [], [], START_TIMEOUT_S)
+            if not ready:
+                raise netns.NetnsError(f"the delay stage of {src} did not start; see links-{src}.log")
+            p.stdout.readline()
+            self.delay_stages.append(p)
+
+    def block(self, src: str, dst: str) -> None:
+        """``src`` cannot open connections to ``dst``'s replica port (clients: to the replica)."""
+        if (src, dst) in self.cut:
+            return
+        self.ns.block(src, dst, self.topology.replica(dst).port)
+        self.cut.add((src, dst))
+
+    def heal(self) -> None:
+        self.ns.heal()
+        self.cut.clear()
+
+    def toxic(self, *a, **kw) -> None:
+        raise NotImplementedError("toxics are static in netns mode (the delay stages are not reachable)")
+
+    untoxic = toxic
+
+    def stop(self) -> None:
+        for p in self.delay_stages:
+            p.terminate()
+        for p in self.delay_stages:
+            try:
+                p.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.delay_stages.clear()
+        self.ns.delete()
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+class ChaosCluster:
+    """Replica processes of one topology on one network; start/kill/pause/restart them."""
+
+    def __init__(self, topology: topo.Topology, network, run_dir: Path, shim: Path | None) -> None:
+        self.topology = topology
+        self.network = network
+        self.run_dir = run_dir
+        self.data_root = run_dir / "data"
+        self.shim = shim
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.paused: set[str] = set()
+        self.ids = [r.id for r in topology.replicas]
+
+    def fault_file(self, rid: str) -> Path:
+        return self.run_dir / f"faults-{rid}.txt"
+
+    def topology_file(self, rid: str) -> Path:
+        return self.run_dir / f"topo-{rid}.toml"
+
+    def prepare(self) -> None:
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        for r in self.topology.replicas:
+            addresses = {o.id: (self.network.listen_address(o.id) if o.id == r.id
+                                else self.network.peer_address(r.id, o.id)) for o in self.topology.replicas}
+            write_topology(self.topology_file(r.id), self.topology, addresses, self.data_root,
+                           {o.id: self.network.metrics_port(o.id) for o in self.topology.replicas})
+            (self.data_root / r.id).mkdir(parents=True, exist_ok=True)
+            self.fault_file(r.id).write_text("1.0 0 0 0 0\n")
+
+    def start(self, rid: str) -> None:
+        env = _env()
+        if self.shim is not None:
+            env["LD_PRELOAD"] = str(self.shim)
+            env["CHAOS_FAULT_FILE"] = str(self.fault_file(rid))
+        log = open(self.run_dir / f"{rid}.log", "ab")
+        argv = [sys.executable, "-m", "ledger.server", "--topology", str(self.topology_file(rid)), "--id", rid]
+        self.procs[rid] = subprocess.Popen(
+            self.network.wrap(rid, argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(ROOT), env=env, start_new_session=True,
+        )
+        log.close()
+        remember_pid(self.procs[rid].pid, str(self.topology_file(rid)))
+        self.paused.discard(rid)
+
+    def start_all(self) -> None:
+        self.prepare()
+        for rid in self.ids:
+            self.start(rid)
+
+    def alive(self, rid: str) -> bool:
+        p = self.procs.get(rid)
+        return p is not None and p.poll() is None
+
+    def signal(self, rid: str, sig: int) -> None:
+        p = self.procs.get(rid)
+        if p is not None and p.poll() is None and pid_runs_replica(p.pid, rid):
+            os.kill(p.pid, sig)
+
+    def kill(self, rid: str) -> None:
+        p = self.procs.get(rid)
+        if p is None:
+            return
+        self.signal(rid, signal.SIGCONT)
+        self.signal(rid, signal.SIGKILL)
+        try:
+            p.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self.paused.discard(rid)
+
+    def pause(self, rid: str) -> None:
+        self.signal(rid, signal.SIGSTOP)
+        self.paused.add(rid)
+
+    def resume(self, rid: str) -> None:
+        self.signal(rid, signal.SIGCONT)
+        self.paused.discard(rid)
+
+    def restart(self, rid: str) -> None:
+        self.kill(rid)
+        self.start(rid)
+
+    def stop_all(self) -> None:
+        for rid in self.ids:
+            self.resume(rid)
+            self.signal(rid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for rid, p in self.procs.items():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {rid: p.poll() for rid, p in self.procs.items()}

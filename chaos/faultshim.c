@@ -1,0 +1,107 @@
+/* LD_PRELOAD shim for the clock and disk nemeses (libfaketime breaks Python 3.11 here).
+ *
+ * Interposes clock_gettime (CLOCK_MONOTONIC, CLOCK_REALTIME) and fsync /
+ * fdatasync / msync. The state lives in the text file named by
+ * CHAOS_FAULT_FILE, re-read at most every 5 ms of real time:
+ *
+ *     rate anchor_ns mono_offset_ns real_offset_ns fail_sync
+ *
+ *   fake(t) = t + (t - anchor) * (rate - 1) + offset      (t: the real clock)
+ *
+ * monotonic uses mono_offset, realtime real_offset (the realtime drift is
+ * measured against the real monotonic clock). fail_sync = 1 makes every
+ * fsync/fdatasync/msync fail with EIO. Sleeps are untouched: only what the
+ * process reads as "now" changes. chaos/nemesis.py writes the file so that
+ * the fake clocks stay continuous when the rate changes.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static int (*real_clock_gettime)(clockid_t, struct timespec *);
+static int (*real_fsync)(int);
+static int (*real_fdatasync)(int);
+static int (*real_msync)(void *, size_t, int);
+
+static volatile double g_rate = 1.0;
+static volatile int64_t g_anchor, g_mono_off, g_real_off;
+static volatile int g_fail_sync;
+static volatile int64_t g_next_check;
+static __thread int t_busy;
+
+#define CHECK_EVERY_NS 5000000LL
+
+static int64_t ns_of(const struct timespec *ts) { return (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec; }
+
+static void resolve(void) {
+    if (!real_clock_gettime) real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
+}
+
+static void refresh(int64_t now_mono) {
+    if (now_mono < g_next_check || t_busy) return;
+    g_next_check = now_mono + CHECK_EVERY_NS;
+    const char *path = getenv("CHAOS_FAULT_FILE");
+    if (!path) return;
+    t_busy = 1;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        double rate; long long anchor, mono_off, real_off; int fail;
+        if (fscanf(f, "%lf %lld %lld %lld %d", &rate, &anchor, &mono_off, &real_off, &fail) == 5) {
+            g_rate = rate; g_anchor = anchor; g_mono_off = mono_off; g_real_off = real_off; g_fail_sync = fail;
+        }
+        fclose(f);
+    }
+    t_busy = 0;
+}
+
+int clock_gettime(clockid_t clk, struct timespec *tp) {
+    resolve();
+    if (clk != CLOCK_MONOTONIC && clk != CLOCK_REALTIME) return real_clock_gettime(clk, tp);
+    struct timespec mono;
+    int rc = real_clock_gettime(CLOCK_MONOTONIC, &mono);
+    if (rc) return rc;
+    int64_t m = ns_of(&mono);
+    refresh(m);
+    int64_t drift = (int64_t)((double)(m - g_anchor) * (g_rate - 1.0));
+    int64_t v;
+    if (clk == CLOCK_MONOTONIC) {
+        v = m + drift + g_mono_off;
+    } else {
+        struct timespec rt;
+        rc = real_clock_gettime(CLOCK_REALTIME, &rt);
+        if (rc) return rc;
+        v = ns_of(&rt) + drift + g_real_off;
+    }
+    tp->tv_sec = v / 1000000000LL;
+    tp->tv_nsec = v % 1000000000LL;
+    return 0;
+}
+
+static int sync_fails(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* refreshes the state */
+    return g_fail_sync;
+}
+
+int fsync(int fd) {
+    if (!real_fsync) real_fsync = dlsym(RTLD_NEXT, "fsync");
+    if (sync_fails()) { errno = EIO; return -1; }
+    return real_fsync(fd);
+}
+
+int fdatasync(int fd) {
+    if (!real_fdatasync) real_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
+    if (sync_fails()) { errno = EIO; return -1; }
+    return real_fdatasync(fd);
+}
+
+int msync(void *addr, size_t len, int flags) {
+    if (!real_msync) real_msync = dlsym(RTLD_NEXT, "msync");
+    if (sync_fails()) { errno = EIO; return -1; }
+    return real_msync(addr, len, flags);
+}
