@@ -669,12 +669,12 @@ class Clearing:
         """A booking unit whose plan does not depend on the day's orders."""
         def work(record, save):
             prefix = self._plan_prefix(state.date, record["plan_run"], step, fund, 0)
-            if record.get("status") == "planned":
+            if record.get("planned"):  # a stored plan is booked again, never recomputed
                 entries = get_chunks(self.store, prefix)
             else:
                 entries = plan()
                 put_chunks(self.store, prefix, entries)
-                save({"status": "planned", "entries": len(entries)})
+                save({"status": "planned", "planned": True, "entries": len(entries)})
             chains = self._book_entries(entries, f"{step} {fund}")
             return {"entries": len(entries), "chains": chains}
 

@@ -1,0 +1,7 @@
+"""``python -m ta``: see ``ta.cli``."""
+
+import sys
+
+from ta.cli import main
+
+sys.exit(main())
