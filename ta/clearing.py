@@ -1147,6 +1147,9 @@ class Clearing:
               outbox: str | Path | None = None) -> dict:  # fmt: skip
         """Run (or resume) the day's batch; returns the day's status."""
         state = self.open_day(date, shards or 1)
+        from ta.txservice import finish_reservations  # the service builds on this module
+
+        finish_reservations(self.store, date)
         if inbox is not None:
             self.import_dir(date, inbox, shards=state.shards)
         state = self.day(date)
