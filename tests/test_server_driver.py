@@ -68,7 +68,9 @@ def test_concurrent_writes_share_one_slot():
                 proposals_before = _sample(proc, "ledger_proposals_total")
                 results = await asyncio.gather(*(
                     d.submit(_accounts([1000 + i]), 1, 128, None) for i in range(200)
-                ))
+                ), return_exceptions=True)
+                failed = {repr(r) for r in results if isinstance(r, BaseException)}
+                assert not failed, failed
                 assert all(r == [] for r in results)  # sparse result list: every event ok
                 proposals = _sample(proc, "ledger_proposals_total") - proposals_before
                 assert proposals <= 2, f"200 concurrent writes took {proposals} slots"
