@@ -143,7 +143,14 @@ class Driver:
         self.config = Config(replica_id=spec.number, replica_ids=numbers)
         durable = storage.load()
         self.replica = Replica(self.config, durable, random.Random(seed if seed is not None else os.urandom(16)))
-        self.tick_s = topology.tick_ms / 1000.0
+        # Test hooks for clock faults (chaos suite): LEDGER_CLOCK_RATE runs this
+        # replica's tick clock faster or slower (1.05 = 5 % fast);
+        # LEDGER_WALL_CLOCK_OFFSET_S shifts the wall clock used for batch
+        # timestamps (the state machine keeps timestamps increasing anyway).
+        self.clock_rate = float(os.environ.get("LEDGER_CLOCK_RATE", "1"))
+        self.wall_offset_ns = int(float(os.environ.get("LEDGER_WALL_CLOCK_OFFSET_S", "0")) * 1e9)
+        assert 0.5 < self.clock_rate < 2.0, "LEDGER_CLOCK_RATE must be within (0.5, 2)"
+        self.tick_s = topology.tick_ms / 1000.0 / self.clock_rate
         self.applied_below = durable.applied_below
         self._storage_thread = ThreadPoolExecutor(1, thread_name_prefix="storage")
         self._wake = asyncio.Event()
@@ -163,6 +170,8 @@ class Driver:
         self._last_proposal_at = time.monotonic()
         self.has_pending_expiries: Callable[[Any, int], bool] = lambda tables, now_ns: False
         self.transport: PeerTransport | None = None
+        # Told when the replica stops or resumes serving (health checking).
+        self.on_serving_changed: Callable[[bool], None] = lambda serving: None
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ views
@@ -394,7 +403,7 @@ class Driver:
             if not batch:
                 del self._queue[:rest_start]
                 continue
-            timestamp = max(time.time_ns(), self._last_timestamp_ns + 1)
+            timestamp = max(time.time_ns() + self.wall_offset_ns, self._last_timestamp_ns + 1)
             value = cmd.encode_batch(timestamp, [w.command for w in batch])
             try:
                 slot = r.propose(value)
@@ -432,7 +441,7 @@ class Driver:
         ):
             return
         self._last_proposal_at = now
-        timestamp = max(time.time_ns(), self._last_timestamp_ns + 1)
+        timestamp = max(time.time_ns() + self.wall_offset_ns, self._last_timestamp_ns + 1)
         with self.storage.reader() as tables:
             if not self.has_pending_expiries(tables, timestamp):
                 return
@@ -485,6 +494,7 @@ class Driver:
             except StorageUnavailable as e:
                 if not self._stopped_reason:
                     log(self.logger, logging.ERROR, "storage step failed; stopped accepting", error=str(e))
+                    self.on_serving_changed(False)
                 self._stopped_reason = f"storage unavailable ({e.cause})"
                 self._fail_queue(errors.ReplicaStopped(self._stopped_reason))
                 await asyncio.sleep(backoff)
@@ -492,6 +502,7 @@ class Driver:
         if self._stopped_reason:
             log(self.logger, logging.INFO, "storage works again; accepting requests")
             self._stopped_reason = ""
+            self.on_serving_changed(True)
         self.metrics.labels(self.metrics.fsync_latency).observe(elapsed)
         self._step_results = results.results
         if committed:
@@ -636,6 +647,12 @@ class ReplicaProcess:
         transport.start()
         self.driver.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+        def serving_changed(serving: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            asyncio.get_running_loop().create_task(self._set_health(status))
+
+        self.driver.on_serving_changed = serving_changed
         log(self.logger, logging.INFO, "replica started", address=spec.address,
             metrics_port=spec.metrics_port, data_dir=str(spec.data_dir), pid=os.getpid(),
             applied_index=self.driver.applied_below)
