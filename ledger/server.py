@@ -168,6 +168,8 @@ class Driver:
         self._last_leader = 0
         self._last_timestamp_ns = 0
         self._last_proposal_at = time.monotonic()
+        self._snapshot_logged_at = -1e9
+        self._step_results: dict[int, list] = {}
         self.has_pending_expiries: Callable[[Any, int], bool] = lambda tables, now_ns: False
         self.transport: PeerTransport | None = None
         # Told when the replica stops or resumes serving (health checking).
@@ -361,6 +363,10 @@ class Driver:
         self._reads_to_register.clear()
 
         ready = r.ready()
+        if ready.snapshot_needed_from is not None and time.monotonic() - self._snapshot_logged_at > 10:
+            self._snapshot_logged_at = time.monotonic()
+            log(self.logger, logging.ERROR, "peers no longer hold slots this replica lacks; it needs a "
+                "snapshot (snapshot install is not built yet)", from_slot=ready.snapshot_needed_from)
         if not ready.empty:
             await self._persist_and_apply(ready)
             if self.transport is not None and ready.messages:
@@ -510,8 +516,7 @@ class Driver:
 
     def _answer(self, ready) -> None:
         now = time.monotonic()
-        results = getattr(self, "_step_results", {})
-        self._step_results = {}
+        results, self._step_results = self._step_results, {}
         for slot, value in ready.committed:
             inflight = self._inflight.pop(slot, None)
             if inflight is None:
