@@ -20,7 +20,7 @@ RTT_CITIES_MS = {
     frozenset({"paris", "amsterdam"}): 25.0,
 }
 RTT_CITIES_DEFAULT_MS = 30.0
-PROXY_RTT_MS = 0.15
+PROXY_RTT_MS = 0.3
 
 
 def rtt_ms(a: tuple[str, str], b: tuple[str, str]) -> float:
