@@ -20,9 +20,11 @@ event loop for synchronous code. Both:
 * back off on RESOURCE_EXHAUSTED;
 * give up after the overall ``timeout_s`` with ``errors.DeadlineExceeded``.
 
-KV Delete and CompareAndSet are not idempotent, so they are retried only when
-the replica certainly did not process them (it said it is not the leader);
-an ambiguous failure raises ``errors.OutcomeUnknown``.
+KV writes (Put, Delete, CompareAndSet) are not idempotent (a put applied
+twice around another client's write breaks linearizability), so they are
+retried only when the replica certainly did not process them (not the
+leader, queue full, storage stopped); an ambiguous failure (timeout, lost
+connection, lost leadership) raises ``errors.OutcomeUnknown``.
 
 ``Batcher`` groups single events from many concurrent callers into requests
 of up to 8,190 events.
@@ -230,9 +232,14 @@ class AsyncClient:
                 elif isinstance(err, errors.RequestError):
                     raise err from None
                 elif isinstance(err, errors.Overloaded):
-                    pass  # back off below, same replica
+                    pass  # refused before queueing: back off below, same replica
+                elif isinstance(err, errors.ReplicaStopped):
+                    # Refused before proposing: safe to try another replica.
+                    if address is not None:
+                        raise err from None
+                    self._rotate(target)
                 elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or isinstance(
-                    err, (errors.OutcomeUnknown, errors.DeadlineExceeded, errors.ReplicaStopped)
+                    err, (errors.OutcomeUnknown, errors.DeadlineExceeded)
                 ):
                     # The replica went away, timed out, or lost leadership: the
                     # request may or may not have been applied.
@@ -301,7 +308,7 @@ class AsyncClient:
     # ---------------------------------------------------------------- kv
 
     async def kv_put(self, key: bytes, value: bytes) -> int:
-        response = await self.call("KV", "Put", pb.PutRequest(key=key, value=value))
+        response = await self.call("KV", "Put", pb.PutRequest(key=key, value=value), idempotent=False)
         return response.version
 
     async def kv_get(self, key: bytes, *, consistency=LINEARIZABLE, address=None) -> tuple[bytes, int] | None:
