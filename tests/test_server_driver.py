@@ -149,3 +149,45 @@ def test_restart_serves_acknowledged_writes():
                 await proc.stop()
 
     asyncio.run(run())
+
+
+def test_hostile_peer_frames_are_dropped_and_counted():
+    """Garbage, truncated and foreign-cluster frames on the peer service never
+    crash the replica: they are counted, a foreign cluster's stream is refused
+    with FAILED_PRECONDITION, and the replica keeps serving."""
+    import grpc
+
+    from consensus.ballot import Ballot
+    from consensus.messages import Heartbeat
+    from ledger import wire
+    from ledger.api_proto import pb, pb_grpc
+
+    async def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = await _started(Path(tmp))
+            try:
+                good = wire.encode_frame("unit", 1, [Heartbeat(1, 1, Ballot(9, 1), 0, 1)])
+                garbage = [b"", b"\x93\x01", good[:-3], b"\xff" * 64, wire.encode_frame("unit", 7, [
+                    Heartbeat(7, 1, Ballot(1, 7), 0, 1)])]
+                async with grpc.aio.insecure_channel(proc.spec.address) as ch:
+                    stub = pb_grpc.PeerStub(ch)
+
+                    async def frames(items):
+                        for f in items:
+                            yield pb.PeerFrame(frame=f)
+
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await stub.Send(frames(garbage[:4] + [wire.encode_frame("other", 2, [
+                            Heartbeat(2, 1, Ballot(1, 2), 0, 1)])]), timeout=5)
+                    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    assert "cluster id" in info.value.details()
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await stub.Send(frames(garbage[4:]), timeout=5)  # sender 7 is no member
+                    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert _sample(proc, "ledger_wire_errors_total") >= 5
+                assert proc.driver.role == "leader"
+                assert await proc.driver.submit(_accounts([4000]), 1, 128, None) == []
+            finally:
+                await proc.stop()
+
+    asyncio.run(run())
