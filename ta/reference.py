@@ -245,9 +245,10 @@ def read_file(path: str | Path) -> dict:
 def load(store: Store, doc: dict) -> str:
     """Store a parsed document as the version of its effective date."""
     effective = doc["effective_date"]
-    core = {k: v for k, v in doc.items() if k != "holders"}
+    core = {k: v for k, v in doc.items() if k not in ("holders", "adjustments")}
     base = PREFIX + effective.encode() + b"/"
     put_chunks(store, base + b"holders/", doc["holders"])
+    put_chunks(store, base + b"adjustments/", doc["adjustments"])
     store.kv_put(base + b"core", pack(core))
     return effective
 
@@ -284,7 +285,7 @@ def for_day(store: Store, date: str) -> Reference:
         for ta_account, dist, txn, opened, method in get_chunks(store, base + b"holders/"):
             key = HolderKey(ta_account, dist, txn)
             holders.setdefault((ta_account, dist, txn), HolderRef(key, opened, DividendMethod(method)))
-        for adj_id, day, fund, ta_account, dist, txn, code, shares in core["adjustments"]:
+        for adj_id, day, fund, ta_account, dist, txn, code, shares in get_chunks(store, base + b"adjustments/"):
             if day == date:
                 adjustments.append(AdjustmentRef(adj_id, day, fund, HolderKey(ta_account, dist, txn),
                                                  code == "144", shares))  # fmt: skip
