@@ -339,7 +339,11 @@ class Driver:
         )
 
     def _may_propose(self) -> bool:
-        return len(self._inflight) < SLOTS_INFLIGHT_MAX or self._queue_events >= SLOT_EVENTS_FULL
+        # Slots already chosen (applied later in this same turn's storage step)
+        # no longer count: their commit and the next proposal share one fsync.
+        chosen_below = self.replica.chosen_below
+        unchosen = sum(1 for slot in self._inflight if slot >= chosen_below)
+        return unchosen < SLOTS_INFLIGHT_MAX or self._queue_events >= SLOT_EVENTS_FULL
 
     async def _turn(self, ticks: int) -> None:
         r = self.replica
