@@ -217,3 +217,38 @@ def test_status_health_reflection_and_metrics(cluster):
     for series in ("ledger_commit_latency_seconds_bucket", "ledger_storage_step_seconds_bucket",
                    "ledger_batch_events_bucket", "ledger_peer_rtt_seconds_bucket", "ledger_applied_index"):
         assert series in text, series
+
+
+def test_launcher_status_and_ledgerctl_json(cluster, accounts):
+    """`python -m cluster status --json` and `ledgerctl --json` report the running cluster."""
+    import json
+    import subprocess
+    import sys
+
+    from cluster.local import ROOT
+
+    cluster.wait_converged()
+    result = cluster.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert [r["id"] for r in status["replicas"]] == cluster.ids
+    assert sum(r["role"] == "leader" for r in status["replicas"]) == 1
+    assert all(r["alive"] and r["pid"] for r in status["replicas"])
+
+    def ctl(*args):
+        out = subprocess.run(
+            [sys.executable, "-m", "ledger.ledgerctl", "--address", ",".join(cluster.addresses.values()),
+             "--json", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        return out.returncode, json.loads(out.stdout)
+
+    code, out = ctl("transfer", "--id", "90001", "--debit", str(A), "--credit", str(B), "--amount", "3",
+                    "--ledger", str(LEDGER), "--code", "1")
+    assert (code, out["results"][0]["result"]) == (0, "ok")
+    code, out = ctl("transfer", "--id", "90002", "--debit", str(A), "--credit", "424242", "--amount", "3",
+                    "--ledger", str(LEDGER), "--code", "1")
+    assert (code, out["results"][0]["result"]) == (4, "credit_account_not_found")
+    code, out = ctl("transfers", "get", "90001")
+    assert code == 0 and out["transfers"][0]["amount"] == 3
+    code, out = ctl("kv", "get", "no-such-key")
+    assert code == 4 and out == {"key": "no-such-key", "found": False}
