@@ -26,8 +26,11 @@ import time
 from chaos import netns, runner
 
 TOPOLOGIES = ("one-city", "two-cities", "three-cities")
-QUICK_SCHEDULE = ["kill:leader", "partition", "pause:leader", "clock-drift:leader", "fsync-fail:follower",
-                  "toxic-latency:random"]
+QUICK_SCHEDULE = ["kill:leader", "partition", "pause:leader", "clock-drift:leader", "fsync-fail:follower"]
+QUICK_LAST = {"loopback": "toxic-latency:leader", "netns": "one-way"}
+
+
+TOXIC_SCHEDULE = ["toxic-latency:leader", "toxic-timeout:leader", "toxic-reset:follower", "toxic-latency:follower"]
 
 
 def full_schedule(topology: str) -> list[str]:
@@ -56,7 +59,7 @@ def _interrupt_cleanly() -> None:
 def _print_run(r: dict) -> None:
     for row in r.get("survival", []):
         if row.get("skipped"):
-            print(f"  {row['fault']:<26} skipped: {row['what']}")
+            print(f"  {row['fault']:<26} {row['what']}")
             continue
         print(f"  {row['fault']:<26} writes_continued={str(row['writes_continued']).lower():<5} "
               f"rto_s={row['rto_s']:.2f} lost={row['rpo_lost_acknowledged']}  ({row['what']})")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     network = args.network or _default_network()
     configs = []
     if args.cmd == "quick":
-        configs.append(runner.RunConfig(topology=args.topology, network=network, schedule=QUICK_SCHEDULE,
+        configs.append(runner.RunConfig(topology=args.topology, network=network, schedule=QUICK_SCHEDULE + [QUICK_LAST[network]],
                                         fault_s=args.fault_s or 5.0, gap_s=args.gap_s or 4.0, seed=args.seed,
                                         concurrency=args.concurrency, toxiproxy_url=args.toxiproxy))
     elif args.cmd == "run":
@@ -117,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for t in args.topologies.split(","):
             configs.append(runner.RunConfig(topology=t, network=network, schedule=full_schedule(t),
+                                            fault_s=args.fault_s or 8.0, gap_s=args.gap_s or 6.0,
+                                            seed=args.seed, concurrency=args.concurrency,
+                                            toxiproxy_url=args.toxiproxy))
+        if network == "netns":
+            # the Toxiproxy faults need the API-driven proxies: one more run on loopback
+            configs.append(runner.RunConfig(topology="one-city", network="loopback", schedule=TOXIC_SCHEDULE,
                                             fault_s=args.fault_s or 8.0, gap_s=args.gap_s or 6.0,
                                             seed=args.seed, concurrency=args.concurrency,
                                             toxiproxy_url=args.toxiproxy))
