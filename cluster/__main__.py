@@ -237,7 +237,15 @@ def cmd_up(args) -> int:
             if not pid_runs_replica(state["pids"][spec.id], spec.id):
                 print(f"{spec.id} exited; last lines of {run_dir / (spec.id + '.log')}:", file=sys.stderr)
                 print(_tail(run_dir / f"{spec.id}.log"), file=sys.stderr)
+        # Leave nothing running behind a failed start.
+        for spec in topology.replicas:
+            stop_pid(state["pids"][spec.id], spec.id, timeout_s=2)
         raise
+    for spec in topology.replicas:
+        if not pid_runs_replica(state["pids"][spec.id], spec.id):
+            print(f"warning: {spec.id} exited (the others elected {leader} without it); "
+                  f"last lines of {run_dir / (spec.id + '.log')}:\n{_tail(run_dir / f'{spec.id}.log', 5)}",
+                  file=sys.stderr)
     if args.json:
         print(json.dumps({"run_dir": str(run_dir), "leader": leader, "pids": state["pids"]}))
     else:

@@ -647,9 +647,15 @@ class ReplicaProcess:
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        port = server.add_insecure_port(spec.address)
+        try:
+            port = server.add_insecure_port(spec.address)
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {spec.address} (in use?)")
+            raise OSError(
+                f"cannot listen on {spec.address}: the address is in use or not local; stop what holds it "
+                f"(`ss -ltnp | grep {spec.port}`) or change replica {spec.id}'s address in {self.topology.path}"
+            )
         self.server = server
         await server.start()
         self.metrics.serve(spec.metrics_port, host=spec.host)
