@@ -16,7 +16,9 @@ a turn starts when something arrived (a peer message, a client write or read)
 or the next tick is due:
 
     ticks from the monotonic clock (every tick that elapsed: never skipped, the
-    leader lease counts them) -> step every queued peer message -> propose ALL
+    leader lease counts them; and before the messages, so that a message that
+    waited through a stall is stamped no earlier than it arrived, which the
+    followers' stickiness, and so the lease, relies on) -> step every queued peer message -> propose ALL
     queued client writes as ONE slot value (group commit; split only at the
     batch limits) -> register linearizable reads -> ready(): persist, send,
     apply, answer.
