@@ -96,6 +96,7 @@ from ta.store import (
     Store,
     StoreError,
     book_chains,
+    chunk_items,
     ensure_accounts,
     get_chunks,
     pack,
@@ -495,19 +496,21 @@ class Clearing:
                         "line": e.line, "sha256": sha}  # fmt: skip
                 self.store.kv_put(file_key, _json(info))
                 return info
+            # The input id carries the content's digest: its keys are fresh, or hold this same content.
             digests = [[d, s, g] for (d, s), g in sorted(intake.digests.items())]
-            put_chunks(self.store, _k("in", date, "digests", input_id) + b"/", digests)
+            pairs = chunk_items(_k("in", date, "digests", input_id) + b"/", digests)
             if kind == "03":
                 buckets: dict[int, list] = {}
                 for r in intake.new:
                     r = dict(r, DistributorCode=r.get("DistributorCode") or df.creator)
                     buckets.setdefault(holder_bucket(holder_of(r)), []).append(_rec_out(r, ORDER_FIELDS))
                 for b, rows in sorted(buckets.items()):
-                    put_chunks(self.store, _k("in", date, "orders", f"{b:03d}", input_id) + b"/", rows)
+                    pairs += chunk_items(_k("in", date, "orders", f"{b:03d}", input_id) + b"/", rows)
             else:
                 rows = [_rec_out(dict(r, DistributorCode=r.get("DistributorCode") or df.creator),
                                  ACCOUNT_FIELDS) for r in intake.new]  # fmt: skip
-                put_chunks(self.store, _k("in", date, "accts", input_id) + b"/", rows)
+                pairs += chunk_items(_k("in", date, "accts", input_id) + b"/", rows)
+            self.store.kv_put_many(pairs)
             info = {"status": "imported", "kind": kind, "sha256": sha, "new": len(intake.new),
                     "resent": len(intake.resent), "creator": df.creator}  # fmt: skip
             if intake.new:
@@ -774,6 +777,15 @@ class Clearing:
             known = self.registry(state.date, ref)
             entries = []
             held: dict[tuple[str, HolderKey], int] = {}
+            by_fund: dict[str, set[HolderKey]] = {}
+            for a in ref.adjustments:
+                if a.fund in ref.funds and a.holder in known:
+                    by_fund.setdefault(a.fund, set()).add(a.holder)
+            for code, holders in sorted(by_fund.items()):
+                ensure_accounts(self.store, [self.book(ref.ta_code, code).holder(h) for h in sorted(holders)])
+                register = self._register(ref.ta_code, code, holders)
+                for h in holders:
+                    held[(code, h)] = register.get(h, 0)
             for a in ref.adjustments:
                 e = _empty_entry(a.holder, attempt, state.gen)
                 code = "144" if a.increase else "145"
@@ -787,15 +799,10 @@ class Clearing:
                     rc = ReturnCode.FUND_UNKNOWN
                 elif a.holder not in known:
                     rc = ReturnCode.ACCOUNT_UNKNOWN
-                else:
-                    k = (a.fund, a.holder)
-                    if k not in held:
-                        held[k] = self._register(ref.ta_code, a.fund, [a.holder]).get(a.holder, 0)
-                    if not a.increase and a.shares > held[k]:
-                        rc = ReturnCode.INSUFFICIENT_SHARES
+                elif not a.increase and a.shares > held[(a.fund, a.holder)]:
+                    rc = ReturnCode.INSUFFICIENT_SHARES
                 if rc.ok:
                     fb = self.book(ref.ta_code, a.fund)
-                    ensure_accounts(self.store, [fb.holder(a.holder)])
                     chain = fb.adjustment(a.holder, state.date, a.shares, a.increase, attempt)
                     e["chains"] = [[_p_out(p) for p in chain]]
                     held[(a.fund, a.holder)] += a.shares if a.increase else -a.shares

@@ -38,6 +38,7 @@ EVENTS_PER_REQUEST_MAX = 8190
 IDS_PER_LOOKUP_MAX = 8190
 KV_PAGE_MAX = 1000
 CHUNK_BYTES_MAX = 900_000  # under the ledger's 1 MiB KV value limit
+PUT_THREADS = 8
 
 OK = 0
 ACCOUNT_EXISTS = int(CreateAccountResult.EXISTS)
@@ -61,6 +62,8 @@ class Store(Protocol):
     def kv_get(self, key: bytes) -> tuple[bytes, int] | None: ...
 
     def kv_put(self, key: bytes, value: bytes) -> int: ...
+
+    def kv_put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None: ...
 
     def kv_cas(self, key: bytes, expected_version: int, value: bytes) -> tuple[bool, int]: ...
 
@@ -142,6 +145,15 @@ class TwinStore:
         if outcome.result != KvResult.OK:
             raise StoreError(f"kv put {key!r}: {outcome.result.name}")
         return outcome.version
+
+    def kv_put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        from ledger.commands import KvPut
+
+        for piece in _pieces(list(items), 64):
+            outcomes = self._apply([KvPut(k, v) for k, v in piece])
+            bad = [o for o in outcomes if o.result != KvResult.OK]
+            if bad:
+                raise StoreError(f"kv put: {bad[0].result.name}")
 
     def kv_cas(self, key: bytes, expected_version: int, value: bytes) -> tuple[bool, int]:
         from ledger.commands import KvCas
@@ -241,6 +253,18 @@ class ClusterStore:
 
     def kv_put(self, key: bytes, value: bytes) -> int:
         return self._client().kv_put(key, value)
+
+    def kv_put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Puts in parallel (the leader commits concurrent requests together)."""
+        if len(items) <= 1:
+            for key, value in items:
+                self.kv_put(key, value)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(PUT_THREADS, len(items))) as pool:
+            for f in [pool.submit(self.kv_put, k, v) for k, v in items]:
+                f.result()
 
     def kv_cas(self, key: bytes, expected_version: int, value: bytes) -> tuple[bool, int]:
         return self._client().kv_cas(key, expected_version, value)
@@ -373,29 +397,46 @@ def unpack(raw: bytes):
     return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
-def put_chunks(store: Store, prefix: bytes, items: Sequence) -> int:
-    """Store ``items`` as numbered chunks under ``prefix`` (each under
-    CHUNK_BYTES_MAX); drops stale chunks of a longer earlier write. Returns
-    the chunk count. Same items give the same chunks (idempotent)."""
-    chunks: list[list] = []
-    current: list = []
+def chunk_items(prefix: bytes, items: Sequence) -> list[tuple[bytes, bytes]]:
+    """``items`` as numbered (key, value) chunks under ``prefix``, each under CHUNK_BYTES_MAX."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
     size = 0
     for item in items:
-        item_bytes = len(pack(item))
-        if current and size + item_bytes > CHUNK_BYTES_MAX:
-            chunks.append(current)
+        raw = pack(item)
+        if current and size + len(raw) > CHUNK_BYTES_MAX:
+            chunks.append(_array(current))
             current, size = [], 0
-        current.append(item)
-        size += item_bytes
+        current.append(raw)
+        size += len(raw)
     if current or not chunks:
-        chunks.append(current)
-    for n, chunk in enumerate(chunks):
-        store.kv_put(prefix + b"%06d" % n, pack(chunk))
-    for key, _, _ in list(store.kv_scan(prefix)):
-        tail = key[len(prefix):]
-        if tail.isdigit() and int(tail) >= len(chunks):
-            store.kv_delete(key)
-    return len(chunks)
+        chunks.append(_array(current))
+    return [(prefix + b"%06d" % n, chunk) for n, chunk in enumerate(chunks)]
+
+
+def _array(packed: list[bytes]) -> bytes:
+    n = len(packed)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(packed)
+
+
+def put_chunks(store: Store, prefix: bytes, items: Sequence, fresh: bool = False) -> int:
+    """Store ``items`` as numbered chunks under ``prefix``; drops stale chunks
+    of a longer earlier write unless ``fresh`` (nothing was ever written
+    there but this same content). Same items give the same chunks."""
+    pairs = chunk_items(prefix, items)
+    store.kv_put_many(pairs)
+    if not fresh:
+        for key, _, _ in list(store.kv_scan(prefix)):
+            tail = key[len(prefix):]
+            if tail.isdigit() and int(tail) >= len(pairs):
+                store.kv_delete(key)
+    return len(pairs)
 
 
 def get_chunks(store: Store, prefix: bytes) -> list:
