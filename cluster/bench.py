@@ -9,6 +9,8 @@ process (asyncio, one gRPC channel per replica):
 * single-transfer clients: 1, 16 and 64 concurrent callers, each sending one
   transfer per request and waiting for its answer;
 * batches of 1,000 transfers per request: 1 and 4 concurrent callers;
+* 256 concurrent single-transfer callers through ``ledger.client.Batcher``
+  (one request carries what all callers handed in within a millisecond);
 * the write gap after a leader SIGKILL: a writer sends one transfer at a
   time; the leader is killed; the gap is the time between the last answer
   before the kill and the first answer after it (the client's own leader
@@ -28,7 +30,7 @@ import statistics
 import time
 
 from cluster.local import LocalCluster, wait_until
-from ledger.client import AsyncClient
+from ledger.client import AsyncClient, Batcher
 from ledger.model import Account, Transfer
 
 LEDGER = 1
@@ -52,8 +54,9 @@ class Ids:
         return r
 
 
-async def _load(addresses, concurrency: int, batch: int, seconds: float, ids: Ids) -> dict:
+async def _load(addresses, concurrency: int, batch: int, seconds: float, ids: Ids, batcher: bool = False) -> dict:
     client = AsyncClient(addresses, timeout_s=30)
+    packer = Batcher(client) if batcher else None
     latencies: list[float] = []
     transfers = 0
     stop_at = time.monotonic() + seconds
@@ -62,12 +65,16 @@ async def _load(addresses, concurrency: int, batch: int, seconds: float, ids: Id
         nonlocal transfers
         while time.monotonic() < stop_at:
             events = [
-                Transfer(id=i, debit_account_id=1 + (i % ACCOUNTS), credit_account_id=1 + ((i + 1 + w) % ACCOUNTS),
+                Transfer(id=i, debit_account_id=1 + i % ACCOUNTS,
+                         credit_account_id=1 + (i + 1 + w % (ACCOUNTS - 1)) % ACCOUNTS,
                          amount=1, ledger=LEDGER, code=1)
                 for i in ids.take(batch)
             ]
             t0 = time.perf_counter()
-            results = await client.create_transfers(events)
+            if packer is not None:
+                results = [await packer.create_transfer(events[0])]
+            else:
+                results = await client.create_transfers(events)
             latencies.append(time.perf_counter() - t0)
             bad = [r for r in results if r.name not in ("ok", "exists")]
             assert not bad, bad[:3]
@@ -82,7 +89,7 @@ async def _load(addresses, concurrency: int, batch: int, seconds: float, ids: Id
     await client.close()
     latencies.sort()
     return {
-        "concurrency": concurrency, "events_per_request": batch, "seconds": round(elapsed, 2),
+        "concurrency": concurrency, "events_per_request": batch, "batcher": batcher, "seconds": round(elapsed, 2),
         "requests": len(latencies), "transfers": transfers,
         "transfers_per_s": round(transfers / elapsed),
         "p50_ms": round(_percentile(latencies, 0.50) * 1e3, 2),
@@ -139,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             codes = c.create_accounts([Account(id=i, ledger=LEDGER, code=1) for i in range(1, ACCOUNTS + 1)])
             assert all(r.name == "ok" for r in codes), codes[:3]
         ids = Ids(1_000_000)
-        for concurrency, batch in ((1, 1), (16, 1), (64, 1), (1, 1000), (4, 1000)):
-            row = asyncio.run(_load(addresses, concurrency, batch, args.seconds, ids))
+        for concurrency, batch, batcher in ((1, 1, False), (16, 1, False), (64, 1, False), (1, 1000, False),
+                                            (4, 1000, False), (256, 1, True)):
+            row = asyncio.run(_load(addresses, concurrency, batch, args.seconds, ids, batcher))
             results["load"].append(row)
+            how = "via Batcher " if batcher else ""
             print(
-                f"clients {concurrency:>3}  events/request {batch:>5}: {row['transfers_per_s']:>7} transfers/s  "
+                f"clients {concurrency:>3}  {how}events/request {batch:>5}: {row['transfers_per_s']:>7} transfers/s  "
                 f"p50 {row['p50_ms']:>8.2f} ms  p99 {row['p99_ms']:>8.2f} ms  ({row['requests']} requests)",
                 flush=True,
             )
