@@ -27,6 +27,7 @@ derivation re-hashes with a counter, deterministically.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Union
@@ -36,6 +37,8 @@ from ta.errors import InvalidInput
 ID_BITS = 128
 ID_MAX = 2**ID_BITS - 1  # reserved, like 0
 ATTEMPT_MAX = 2**16 - 1
+# Account ids are pure functions of their keys: the last ones are remembered.
+ACCOUNT_ID_CACHE_MAX = 1 << 18
 
 _PERSON_TRANSFER = b"ta.transfer.v1"
 _PERSON_ACCOUNT = b"ta.account.v1"
@@ -220,6 +223,7 @@ def reversal_id(original_id: int, attempt: int = 0) -> int:
 # ---------------------------------------------------------------- accounts
 
 
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
 def holder_share_account_id(
     ta_code: str, fund_code: str, holder: HolderKey, share_class: str = ""
 ) -> int:
@@ -238,6 +242,7 @@ def holder_share_account_id(
     )
 
 
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
 def issuance_account_id(ta_code: str, fund_code: str, share_class: str = "") -> int:
     """A fund's issuance account: its balance is the fund's total shares."""
     return _derive(
@@ -251,6 +256,7 @@ def issuance_account_id(ta_code: str, fund_code: str, share_class: str = "") -> 
     )
 
 
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
 def distributor_settlement_account_id(ta_code: str, distributor_code: str) -> int:
     """A distributor's cash settlement account."""
     return _derive(
@@ -263,6 +269,7 @@ def distributor_settlement_account_id(ta_code: str, distributor_code: str) -> in
     )
 
 
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
 def fund_cash_account_id(ta_code: str, fund_code: str, kind: AccountKind) -> int:
     """One of a fund's cash accounts: FUND_ASSETS, FEE, RESIDUAL, DIVIDEND_PAYABLE."""
     if kind not in _FUND_CASH_KINDS:

@@ -39,6 +39,7 @@ IDS_PER_LOOKUP_MAX = 8190
 KV_PAGE_MAX = 1000
 CHUNK_BYTES_MAX = 900_000  # under the ledger's 1 MiB KV value limit
 PUT_THREADS = 8
+OUTCOME_RETRIES = 5
 
 OK = 0
 ACCOUNT_EXISTS = int(CreateAccountResult.EXISTS)
@@ -252,6 +253,15 @@ class ClusterStore:
         return self._client().kv_get(key)
 
     def kv_put(self, key: bytes, value: bytes) -> int:
+        # The TA's puts are idempotent by content (the same key always gets
+        # the same value on a retry), so an unknown outcome is retried.
+        from ledger import errors
+
+        for _ in range(OUTCOME_RETRIES):
+            try:
+                return self._client().kv_put(key, value)
+            except errors.OutcomeUnknown:
+                continue
         return self._client().kv_put(key, value)
 
     def kv_put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
@@ -267,10 +277,26 @@ class ClusterStore:
                 f.result()
 
     def kv_cas(self, key: bytes, expected_version: int, value: bytes) -> tuple[bool, int]:
-        return self._client().kv_cas(key, expected_version, value)
+        """An unknown outcome is settled by reading the key back: the TA's
+        CAS values are unique per write (they carry a counter), so finding
+        our value there means our write landed."""
+        from ledger import errors
+
+        try:
+            return self._client().kv_cas(key, expected_version, value)
+        except errors.OutcomeUnknown:
+            found = self.kv_get(key)
+            if found is not None and found[0] == value:
+                return True, found[1]
+            return False, 0 if found is None else found[1]
 
     def kv_delete(self, key: bytes) -> bool:
-        return self._client().kv_delete(key)
+        from ledger import errors
+
+        try:
+            return self._client().kv_delete(key)
+        except errors.OutcomeUnknown:
+            return self.kv_get(key) is None
 
     def kv_scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes, int]]:
         start = prefix

@@ -14,7 +14,8 @@ import pathlib
 import ta
 
 ALLOWED = {
-    "__future__", "dataclasses", "datetime", "enum", "fractions", "hashlib", "re", "typing",
+    "__future__", "dataclasses", "datetime", "enum", "fractions", "functools", "hashlib", "re",
+    "typing",
 }  # fmt: skip
 
 
