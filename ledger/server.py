@@ -83,6 +83,7 @@ SLOT_EVENTS_FULL = 8190
 INBOX_MESSAGES_MAX = 100_000  # peer messages waiting for the driver; beyond: dropped
 READS_WAITING_MAX = 10_000
 EXPIRY_NOOP_INTERVAL_S = 1.0  # idle leader: how often pending expiries get a slot
+RPCS_IN_PROGRESS_MAX = QUEUE_REQUESTS_MAX + READS_WAITING_MAX + 1024  # + peers, status, health
 STORAGE_RETRY_MIN_S = 0.05
 STORAGE_RETRY_MAX_S = 2.0
 SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
@@ -631,6 +632,8 @@ class ReplicaProcess:
         self.driver.transport = transport
 
         server = grpc.aio.server(
+            # Beyond this many RPCs in progress gRPC itself answers RESOURCE_EXHAUSTED.
+            maximum_concurrent_rpcs=RPCS_IN_PROGRESS_MAX,
             options=[
                 ("grpc.max_send_message_length", SERVER_MESSAGE_BYTES_MAX),
                 ("grpc.max_receive_message_length", SERVER_MESSAGE_BYTES_MAX * 2),
