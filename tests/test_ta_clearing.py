@@ -262,3 +262,46 @@ def test_reference_data_is_versioned_by_date() -> None:
         reference.for_day(store, "20200101")
     with pytest.raises(reference.ReferenceError):
         reference.parse({**REFERENCE, "effective_date": "2026-11-25"})
+
+
+def test_pause_stops_the_batch_and_resume_goes_on(tmp_path) -> None:
+    """Goal: a paused day runs no unit (the clear says why); resumed, the
+    same call finishes the day."""
+    from ta.clearing import Paused
+
+    store = TwinStore()
+    reference.load(store, reference.parse(REFERENCE))
+    clearing = Clearing(store)
+    clearing.clear(T0)
+    write_inbox(tmp_path / "in")
+    clearing.import_dir(T, tmp_path / "in")
+    clearing.pause(T)
+    with pytest.raises(Paused):
+        clearing.clear(T)
+    assert not [u for u in clearing.flow(T) if u["step"] == "CONFIRM"]
+    clearing.pause(T, False)
+    assert clearing.clear(T)["status"] == "closed"
+
+
+def test_a_failed_unit_is_retried(tmp_path) -> None:
+    """Goal: a unit that failed (here: the ledger refuses a booking because
+    the fund accounts vanished from the plan's view) is recorded failed with
+    its error, and runs again on the next clear once the cause is gone."""
+    store = TwinStore()
+    reference.load(store, reference.parse(REFERENCE))
+    clearing = Clearing(store)
+    doc = reference.parse(REFERENCE)
+    broken = json.loads(json.dumps(REFERENCE))
+    broken["dividends"][0]["xr_date"] = "20261124"  # no NAV on that date
+    reference.load(store, reference.parse(broken))
+    clearing.clear(T0)
+    write_inbox(tmp_path / "in")
+    clearing.import_dir(T, tmp_path / "in")
+    with pytest.raises(ClearingError, match="no NAV on the ex-date"):
+        clearing.clear(T)
+    failed = [u for u in clearing.status(T)["units"] if u["status"] == "failed"]
+    assert [u["step"] for u in failed] == ["DIVIDEND"] and "20261124" in failed[0]["error"]
+    reference.load(store, doc)  # the operator fixes the reference data
+    assert clearing.retry(T) == 1
+    assert clearing.clear(T)["status"] == "closed"
+    assert holder_shares(store)[A] == cents("18,385.76")
