@@ -1,4 +1,4 @@
-"""The fund transfer agent's pure domain layer.
+"""The fund transfer agent (TA): a pure domain layer and the services over it.
 
 No networking, no ledger calls, no clocks: every function here is a
 deterministic function of its arguments, so a re-run of a day computes the
@@ -26,7 +26,18 @@ The standard library is all these modules import (no time, no random, no I/O);
 ``tests/test_ta_purity.py`` keeps it so, and keeps each module importing
 only modules listed above it.
 
-The clearing service (later) books through the replicated ledger using these:
-it turns each ``postings.Posting`` into a ledger transfer and submits a
-confirmation's chain as one linked group.
+The services (the only modules that do I/O; no domain module imports them)::
+
+``store``     the one interface to the ledger store (accounts, linked transfer
+              chains, KV); ``TwinStore`` runs the ledger's own state machine
+              in process, ``ClusterStore`` the replicated cluster
+``reference`` reference data from TOML/JSON into KV, versioned by date
+``clearing``  the day's batch as steps in a flow table (INIT .. CLOSE),
+              sharded CONFIRM, checks, export, rollback, secondary clearing
+``txservice`` the gRPC transaction service (``txproto``: its generated code)
+``cli``       ``python -m ta``: load, import, clear, export, status, rollback
+``bench``     a generated day and the clearing benchmark
+
+All TA state lives in the ledger store, so every service can crash and start
+again anywhere (see ``ta.clearing`` for the flow table and the KV layout).
 """

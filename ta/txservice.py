@@ -74,6 +74,7 @@ class TransactionDesk:
         self.store = store
         self.clock = clock or datetime.datetime.now
         self.clearing = Clearing(store)
+        self._ref_cache: dict[str, tuple[tuple[str, ...], refdata.Reference]] = {}
 
     # ------------------------------------------------------------ answers
 
@@ -158,7 +159,7 @@ class TransactionDesk:
         if not self._before_cutoff(date):
             return self._refuse(ReturnCode.TIME_AFTER_CUTOFF)
         try:
-            ref = refdata.for_day(self.store, date)
+            ref = self._reference(date)
         except refdata.ReferenceError:
             return self._refuse(ReturnCode.FUND_UNKNOWN)
         rc = self._validate(record, ref, date)
@@ -178,22 +179,40 @@ class TransactionDesk:
             return self._finish(key, o, version, outcome=pb.OrderReply.ACCEPTED)
         return self._stored_reply(o, pb.OrderReply.ACCEPTED if rc.ok else pb.OrderReply.REFUSED)
 
+    def _reference(self, date: str) -> refdata.Reference:
+        """The reference data of ``date``, read again only when a version was loaded."""
+        versions = tuple(v for v in refdata.versions(self.store) if v <= date)
+        cached = self._ref_cache.get(date)
+        if cached is None or cached[0] != versions:
+            cached = self._ref_cache[date] = (versions, refdata.for_day(self.store, date))
+        return cached[1]
+
+    def _known(self, holder: HolderKey, ref: refdata.Reference, date: str) -> bool:
+        """The holder's account is open: its share accounts exist in the ledger
+        (opened on an earlier day), or an account opening of today was taken."""
+        ids = [FundBook(ref.ta_code, code).holder(holder).id for code in sorted(ref.funds)[:1]]
+        if ids and self.store.lookup_accounts(ids):
+            return True
+        if any(h.key == holder for h in ref.holders):
+            return True
+        for _, value, _ in self.store.kv_scan(f"ta/{ONLINE}/{date}/".encode()):
+            o = unpack(value)
+            if o["code"] == "001" and o["status"] == "accepted":
+                rec = dict(zip(ACCOUNT_FIELDS, o["record"]))
+                if HolderKey(rec["TAAccountID"], rec["DistributorCode"], rec["TransactionAccountID"]) == holder:
+                    return True
+        return holder in self.clearing.registry(date, ref)
+
     def _validate(self, record: dict, ref: refdata.Reference, date: str) -> ReturnCode:
         code = record["BusinessCode"]
         dist = record["DistributorCode"]
         if dist not in ref.distributors:
             return ReturnCode.DISTRIBUTOR_UNKNOWN
-        known = set(self.clearing.registry(date, ref))
-        for _, value, _ in self.store.kv_scan(f"ta/{ONLINE}/{date}/".encode()):
-            o = unpack(value)
-            if o["code"] == "001" and o["status"] == "accepted":
-                rec = dict(zip(ACCOUNT_FIELDS, o["record"]))
-                known.add(HolderKey(rec["TAAccountID"], rec["DistributorCode"], rec["TransactionAccountID"]))
         holder = holder_of(record)
         if code == BusinessCode.ACCOUNT_OPENING.value:
             if not record["InvestorName"] or not record["CertificateNo"] or not record["TAAccountID"]:
                 return ReturnCode.INVESTOR_INFO_INVALID
-            return ReturnCode.ACCOUNT_EXISTS if holder in known else ReturnCode.SUCCESS
+            return ReturnCode.ACCOUNT_EXISTS if self._known(holder, ref, date) else ReturnCode.SUCCESS
         fund = ref.funds.get(record["FundCode"])
         terms = None
         if fund is not None:
@@ -202,7 +221,7 @@ class TransactionDesk:
             if terms is None:
                 return ReturnCode.NAV_MISSING
         # Shares are checked by the reservation itself (the ledger's rule).
-        return orders.validate_order(record, date, terms, holder in known, AMOUNT_MAX)
+        return orders.validate_order(record, date, terms, self._known(holder, ref, date), AMOUNT_MAX)
 
     def _reserve_posting(self, ta_code: str, record: dict) -> Posting:
         fb = FundBook(ta_code, record["FundCode"])
