@@ -341,7 +341,7 @@ def cmd_run(args) -> int:
                 sys.stdout.write("\x1b[H\x1b[2J" if not first else "\x1b[2J\x1b[H")
             print(text)
             print(f"\nlogs: {run_dir}/<id>.log   metrics: http://127.0.0.1:<metrics port>/metrics")
-            print("try: .venv/bin/python -m ledger.ledgerctl --cluster " + state["topology"] + " status")
+            print("try: .venv/bin/python -m ledger.ledgerctl status      (in another terminal)")
             print("Ctrl-C stops the cluster (data is kept).", flush=True)
             first = False
             deadline = time.monotonic() + 1.0

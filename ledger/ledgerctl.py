@@ -33,7 +33,19 @@ from ledger import errors
 from ledger.client import LINEARIZABLE, LOCAL, Client
 from ledger.model import U128_MAX, Account, AccountFlags, Transfer, TransferFlags
 
-DEFAULT_CLUSTER = os.environ.get("LEDGER_CLUSTER", "one-city")
+def _default_cluster() -> str:
+    """$LEDGER_CLUSTER, else the cluster `python -m cluster up/run` last started here, else one-city."""
+    if os.environ.get("LEDGER_CLUSTER"):
+        return os.environ["LEDGER_CLUSTER"]
+    try:
+        run_dir = open(os.path.join("data", ".current")).read().strip()
+        with open(os.path.join(run_dir, "cluster.json")) as f:
+            return json.load(f)["topology"]
+    except (OSError, ValueError, KeyError):
+        return "one-city"
+
+
+DEFAULT_CLUSTER = _default_cluster()
 
 
 class UsageError(Exception):
@@ -246,7 +258,8 @@ def do_leader_transfer(c: Client, args):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ledgerctl", description="Command-line access to a ledger cluster.")
     p.add_argument("--cluster", default=None,
-                   help=f"topology file or shipped name (default: $LEDGER_CLUSTER or {DEFAULT_CLUSTER})")
+                   help="topology file or shipped name (default: $LEDGER_CLUSTER, else the cluster last "
+                   f"started here with `python -m cluster`, else one-city; now: {DEFAULT_CLUSTER})")
     p.add_argument("--address", help="comma-separated replica addresses instead of a topology")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--deadline", dest="deadline_s", type=float, default=10.0,
