@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Any
 
 import grpc
 
@@ -465,5 +464,3 @@ def add_services(server, driver, topology: topo.Topology) -> None:
     pb_grpc.add_KVServicer_to_server(KVService(driver, topology), server)
     pb_grpc.add_ClusterServicer_to_server(ClusterService(driver, topology), server)
 
-
-_ = Any
