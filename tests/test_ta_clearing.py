@@ -305,3 +305,42 @@ def test_a_failed_unit_is_retried(tmp_path) -> None:
     assert clearing.retry(T) == 1
     assert clearing.clear(T)["status"] == "closed"
     assert holder_shares(store)[A] == cents("18,385.76")
+
+
+def test_share_adjustments_and_mmf_income(tmp_path) -> None:
+    """Goal: 145 decreases a holding (and one beyond the holding is answered
+    4003 in the 04 file, booking nothing); a money-market fund's daily income
+    is carried into units, truncated per holder, the remainder to the
+    residual account; the day's checks hold."""
+    doc = json.loads(json.dumps(REFERENCE))
+    doc["funds"].append({"code": "000009", "status": "0", "mmf": True, "nav": {T0: "1.0000", T: "1.0000"},
+                         "income_per_10k": {T: "0.65432"}})
+    for who, shares in ((A, "3333.33"), (B, "1234.56")):
+        doc["adjustments"].append({"id": f"MMF-{who.ta_account_id}", "date": T0, "fund": "000009",
+                                   "ta_account": who.ta_account_id, "distributor": DIST,
+                                   "transaction_account": who.transaction_account_id, "code": "144",
+                                   "shares": shares})
+    doc["adjustments"] += [
+        {"id": "CUT-A", "date": T, "fund": "000001", "ta_account": A.ta_account_id, "distributor": DIST,
+         "transaction_account": A.transaction_account_id, "code": "145", "shares": "100.00"},
+        {"id": "CUT-B", "date": T, "fund": "000001", "ta_account": B.ta_account_id, "distributor": DIST,
+         "transaction_account": B.transaction_account_id, "code": "145", "shares": "99999.00"},
+    ]  # fmt: skip
+    store = TwinStore()
+    reference.load(store, reference.parse(doc))
+    clearing = Clearing(store)
+    clearing.clear(T0)
+    assert clearing.clear(T)["status"] == "closed"
+    assert balance(store, BOOK.holder(A)) == cents("10,405.02") - cents("100.00")
+    assert balance(store, BOOK.holder(B)) == cents("5,000.00")
+    mmf = FundBook(TA, "000009")
+    # 3,333.33 units * 0.65432 / 10000 = 0.2181 -> 0.21; 1,234.56 * 0.65432 / 10000 = 0.0807 -> 0.08
+    assert balance(store, mmf.holder(A)) == cents("3,333.33") + cents("0.21")
+    assert balance(store, mmf.holder(B)) == cents("1,234.56") + cents("0.08")
+    total_income = (cents("3,333.33") + cents("1,234.56")) * 65432 // (100000 * 10000)
+    assert balance(store, mmf.residual) == total_income - cents("0.29")
+    rows = clearing.render(T)[f"OFD_{TA}_{DIST}_{T}_04.TXT"].decode("gb18030")
+    assert "CUT-A" in rows and "CUT-B" in rows
+    cut_b = next(line for line in rows.split("\r\n") if line.startswith("CUT-B"))
+    assert "4003" in cut_b and "145" in cut_b
+    assert clearing.checks(T)[0] == []
