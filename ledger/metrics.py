@@ -71,6 +71,9 @@ class ReplicaMetrics:
         self.peer_rtt = histogram(
             "ledger_peer_rtt_seconds", "heartbeat round trip to a peer", LATENCY_BUCKETS_S, ("peer",)
         )
+        self.peer_dropped_frames = counter(
+            "ledger_peer_dropped_frames_total", "frames not sent: stream down or outbox full", ("peer",)
+        )
         self.peer_connected = gauge("ledger_peer_connected", "1 if the stream to the peer is up", ("peer",))
         self.elections = counter("ledger_elections_total", "times this replica became a candidate")
         self.leader_changes = counter("ledger_leader_changes_total", "times the known leader changed")

@@ -108,13 +108,15 @@ class PeerLink:
             await self._channel.close(grace=None)
 
     def offer(self, frame: bytes) -> None:
-        if not self.connected:
-            self.dropped += 1
-            return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        if self.connected:
+            try:
+                self.outbox.put_nowait(frame)
+                return
+            except asyncio.QueueFull:
+                pass
+        self.dropped += 1
+        m = self.t.metrics
+        m.labels(m.peer_dropped_frames, peer=self.peer_name).inc()
 
     async def _frames(self):
         while True:
