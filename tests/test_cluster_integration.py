@@ -252,3 +252,17 @@ def test_launcher_status_and_ledgerctl_json(cluster, accounts):
     assert code == 0 and out["transfers"][0]["amount"] == 3
     code, out = ctl("kv", "get", "no-such-key")
     assert code == 4 and out == {"key": "no-such-key", "found": False}
+
+
+def test_transfer_leader(cluster, accounts):
+    """TransferLeader moves leadership to the named replica, which then serves writes."""
+    cluster.wait_converged()
+    leader = cluster.wait_leader()
+    target = next(r for r in cluster.ids if r != leader)
+    with cluster.client() as c:
+        assert c.transfer_leader(target) == target
+        assert cluster.wait_leader() == target
+        c.kv_put(b"after-transfer", b"ok")
+        assert c.kv_get(b"after-transfer")[0] == b"ok"
+        with pytest.raises(errors.InvalidArgument, match="no replica"):
+            c.transfer_leader("r9")
