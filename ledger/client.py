@@ -48,8 +48,11 @@ from ledger.model import Account, AccountBalance, Transfer
 EVENTS_PER_REQUEST_MAX = 8190
 TIMEOUT_S_DEFAULT = 10.0
 ATTEMPT_TIMEOUT_S_DEFAULT = 2.0
-BACKOFF_MIN_S = 0.01
-BACKOFF_MAX_S = 0.5
+BACKOFF_MIN_S = 0.005
+# While looking for a leader (an election takes a few hundred ms) retry often;
+# an overloaded leader gets more room.
+DISCOVERY_BACKOFF_MAX_S = 0.05
+OVERLOAD_BACKOFF_MAX_S = 0.5
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -199,6 +202,7 @@ class AsyncClient:
         """One RPC with leader discovery and retries; ``address`` pins one replica."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         backoff = BACKOFF_MIN_S
+        backoff_max = DISCOVERY_BACKOFF_MAX_S
         last: BaseException | None = None
         attempt = 0
         while True:
@@ -232,7 +236,7 @@ class AsyncClient:
                 elif isinstance(err, errors.RequestError):
                     raise err from None
                 elif isinstance(err, errors.Overloaded):
-                    pass  # refused before queueing: back off below, same replica
+                    backoff_max = OVERLOAD_BACKOFF_MAX_S  # refused before queueing: back off, same replica
                 elif isinstance(err, errors.ReplicaStopped):
                     # Refused before proposing: safe to try another replica.
                     if address is not None:
@@ -254,7 +258,7 @@ class AsyncClient:
                 else:
                     raise (err or e) from None
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())) * (0.5 + random.random()))
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = min(backoff * 2, backoff_max)
 
     # ---------------------------------------------------------------- ledger
 
