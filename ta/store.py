@@ -279,16 +279,22 @@ class ClusterStore:
     def kv_cas(self, key: bytes, expected_version: int, value: bytes) -> tuple[bool, int]:
         """An unknown outcome is settled by reading the key back: the TA's
         CAS values are unique per write (they carry a counter), so finding
-        our value there means our write landed."""
+        our value there means our write landed; finding the expected version
+        still there means nothing landed (versions are never reused), so the
+        write is tried again."""
         from ledger import errors
 
-        try:
-            return self._client().kv_cas(key, expected_version, value)
-        except errors.OutcomeUnknown:
-            found = self.kv_get(key)
-            if found is not None and found[0] == value:
-                return True, found[1]
-            return False, 0 if found is None else found[1]
+        for _ in range(OUTCOME_RETRIES):
+            try:
+                return self._client().kv_cas(key, expected_version, value)
+            except errors.OutcomeUnknown:
+                found = self.kv_get(key)
+                if found is not None and found[0] == value:
+                    return True, found[1]
+                current = 0 if found is None else found[1]
+                if current != expected_version:
+                    return False, current
+        return self._client().kv_cas(key, expected_version, value)
 
     def kv_delete(self, key: bytes) -> bool:
         from ledger import errors
