@@ -133,7 +133,16 @@ def run(store, *, orders_n: int, accounts_n: int, shards: int, date: str, worker
         clearing.import_dir(date, Path(tmp) / "in", shards=shards)
         imported = time.monotonic()
         marks.clear()
-        clearing.clear(date, shards=shards, outbox=Path(tmp) / "out")
+        resumed = 0
+        while True:  # an operator runs `ta clear` again after a failure; it resumes
+            try:
+                clearing.clear(date, shards=shards, outbox=Path(tmp) / "out")
+                break
+            except Exception as e:  # noqa: BLE001 - reported in the figures
+                resumed += 1
+                if resumed > 3:
+                    raise
+                print(f"clear failed ({type(e).__name__}: {e}); resuming", flush=True)
         cleared = time.monotonic()
         out_bytes = sum(p.stat().st_size for p in (Path(tmp) / "out").iterdir())
     confirm_s = marks.get("CONFIRM:end", cleared) - marks.get("CONFIRM:start", imported)
@@ -148,4 +157,5 @@ def run(store, *, orders_n: int, accounts_n: int, shards: int, date: str, worker
         "orders_confirmed_per_s": round(orders_n / confirm_s) if confirm_s else None,
         "orders_per_s_whole_day": round(orders_n / (cleared - opened)),
         "output_bytes": out_bytes,
+        "resumed_after_failure": resumed,
     }  # fmt: skip
