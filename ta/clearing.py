@@ -933,6 +933,12 @@ class Clearing:
             prefix = self._plan_prefix(date, record["plan_run"], "CONFIRM", "*", shard)
             over_prefix = _k("hplan", date, record["plan_run"], f"{shard:03d}") + b"/"
 
+            def digest_of(h: HolderKey) -> str:
+                # What a holder's plan depends on besides balances: its orders
+                # and whether (since when) its account is open.
+                opened = registry.get(h, ("-",))[0]
+                return self._digest(by_holder.get(h, [])) + "/" + opened
+
             def plan(holders: list[HolderKey], attempts: dict[HolderKey, int]) -> list[dict]:
                 funds = {r["FundCode"] for h in holders for r in by_holder.get(h, [])}
                 available = self._available(ref, holders, funds)
@@ -940,7 +946,7 @@ class Clearing:
                 for i, h in enumerate(holders):
                     records = by_holder.get(h, [])
                     opened = registry.get(h, (None,))[0]
-                    out.append(self._plan_holder(date, ref, h, records, self._digest(records),
+                    out.append(self._plan_holder(date, ref, h, records, digest_of(h),
                                                  attempts.get(h, run * ATTEMPTS_PER_RUN), state.gen,
                                                  opened, available[h]))  # fmt: skip
                     if i % 1000 == 0:
@@ -961,7 +967,7 @@ class Clearing:
                          (unpack(v) for _, v, _ in self.store.kv_scan(over_prefix))}  # fmt: skip
             live = {**base, **overrides}
             changed = [h for h in sorted(set(live) | set(by_holder))
-                       if live.get(h, {}).get("digest") != self._digest(by_holder.get(h, []))]
+                       if live.get(h, {}).get("digest") != digest_of(h)]
             for h in changed:
                 if h in live:
                     self._reverse_entry(date, live[h])

@@ -344,3 +344,31 @@ def test_share_adjustments_and_mmf_income(tmp_path) -> None:
     cut_b = next(line for line in rows.split("\r\n") if line.startswith("CUT-B"))
     assert "4003" in cut_b and "145" in cut_b
     assert clearing.checks(T)[0] == []
+
+
+def test_a_late_account_file_moves_the_orders_that_waited_for_it(tmp_path) -> None:
+    """Goal: secondary clearing after a late 01 file: C's purchase, first
+    answered 2001 (account unknown), is confirmed in the second run; nobody
+    else moves."""
+    from ta.codes import FileType
+    from ta.files import STANDARD_FIELDS, DataFile, write_data_file
+    from ta_worked_day_data import ACCOUNT_APPLICATION
+
+    store = TwinStore()
+    reference.load(store, reference.parse(REFERENCE))
+    clearing = Clearing(store)
+    clearing.clear(T0)
+    files = write_inbox(tmp_path / "in")
+    only_orders = next(n for n in files if n.endswith("_03.TXT"))
+    clearing.import_file(T, only_orders, files[only_orders])
+    clearing.clear(T)
+    f04 = clearing.render(T)[f"OFD_{TA}_{DIST}_{T}_04.TXT"].decode("gb18030")
+    assert "2001" in next(line for line in f04.split("\r\n") if line.startswith("T1126000003"))
+    count = store.transfer_count()
+    f01 = DataFile(DIST, TA, T, FileType.ACCOUNT_APPLICATIONS, STANDARD_FIELDS[FileType.ACCOUNT_APPLICATIONS],
+                   (ACCOUNT_APPLICATION,))  # fmt: skip
+    assert clearing.import_file(T, f01.name, write_data_file(f01))["status"] == "imported"
+    status = clearing.clear(T)
+    assert [u["detail"]["replanned"] for u in status["units"] if u["step"] == "CONFIRM"] == [1]
+    assert store.transfer_count() == count + 3  # C's purchase: net, fee, shares
+    assert clearing.render(T) == cleared_day(tmp_path / "full")[0].render(T)
