@@ -94,7 +94,6 @@ from ta.postings import (
 from ta.store import (
     OK,
     Store,
-    StoreError,
     book_chains,
     chunk_items,
     ensure_accounts,
@@ -334,9 +333,12 @@ class Clearing:
 
         try:
             detail = work(record, save)
-        except (ClearingError, FileRejected, StoreError, refdata.ReferenceError) as e:
-            record.update(status="failed", error=str(e))
-            self._unit_set(key, record, holder["version"])
+        except Exception as e:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}"[:500])
+            try:  # best effort: the store itself may be what failed
+                self._unit_set(key, record, holder["version"])
+            except Exception:
+                pass
             raise
         record.update(status="done", detail=detail, booked_gen=state.gen)
         record.pop("error", None)
