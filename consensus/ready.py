@@ -63,6 +63,9 @@ class Refused(Exception):
         self.reason = reason
         self.leader_id = leader_id
 
+    def __reduce__(self):
+        return (Refused, (self.reason, self.leader_id))
+
 
 @dataclass(frozen=True, slots=True)
 class ReadReady:

@@ -151,6 +151,7 @@ class Replica:
         self._emit_below = max(durable.applied_below, durable.log_start)
         self.chosen_below = max(self.chosen_below, self.log_start)
         self._alpha = config.window_slots_max
+        self._leader: _LeaderState | None = None
         if durable.memberships:
             self.members = MembershipHistory.from_tuple(durable.memberships)
         else:
@@ -182,8 +183,6 @@ class Replica:
         self._asked: set[int] = set()
         self._prevotes: set[int] = set()
         self._transfer_campaign = False
-
-        self._leader: _LeaderState | None = None
 
         # Follower catch-up.
         self._catchup_sent_tick = -(1 << 30)

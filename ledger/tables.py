@@ -104,6 +104,14 @@ class MemoryTables:
         for key in picked[:limit]:
             yield key, rows[key]
 
+    def copy(self) -> "MemoryTables":
+        """An independent copy (the simulator's snapshots)."""
+        other = MemoryTables()
+        other._rows = {t: dict(rows) for t, rows in self._rows.items()}
+        other._keys = {t: list(keys) for t, keys in self._keys.items()}
+        other._digest = self._digest
+        return other
+
     def snapshot_rows(self) -> dict[bytes, dict[bytes, bytes]]:
         """A copy of every row, for comparing replicas in tests."""
         return {t: dict(rows) for t, rows in self._rows.items()}

@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 
-from sim.cluster import Simulation
+from sim.cluster import RunResult, Simulation
 
 
 def _workload(name: str):
@@ -22,7 +22,13 @@ def _workload(name: str):
 
 def _run_one(seed: int, *, replicas: int | None, workload: str, verbose: bool):
     sim = Simulation(seed, replicas=replicas, workload_factory=_workload(workload), verbose=verbose)
-    return sim.run()
+    try:
+        return sim.run()
+    except Exception as e:  # noqa: BLE001 - any crash is a finding, reported with its seed
+        import traceback
+
+        sim.checker.fail(f"crashed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        return RunResult(seed, sim.profile, list(sim.checker.violations), 0, 0, None, sim.events, False, sim.log_lines)
 
 
 def main(argv: list[str] | None = None) -> int:

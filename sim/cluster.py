@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from consensus import Config, DurableState, Refused, Replica, Role
+from consensus.membership import MembershipError
 from consensus.messages import Message
 from sim.checker import Checker
 from sim.network import Network, NetworkProfile
@@ -51,6 +52,9 @@ class FaultProfile:
     read_rate: float  # client reads per tick
     drift: float  # clock rates differ by at most this factor minus one
     transfer_rate: float  # leadership transfers per leader tick
+    membership_rate: float  # membership changes per leader tick
+    compact_rate: float  # snapshots + log compaction per replica tick
+    leader_fault_rate: float  # per leader tick: crash or cut off the leader itself
 
     @classmethod
     def draw(cls, rng: random.Random, replicas: int | None, drift_bound: float) -> "FaultProfile":
@@ -65,6 +69,9 @@ class FaultProfile:
             read_rate=rng.choice([0.0, 0.2, 1.0]),
             drift=rng.uniform(0.0, drift_bound),
             transfer_rate=rng.choice([0.0, 0.002, 0.01]),
+            membership_rate=rng.choice([0.0, 0.003, 0.01]),
+            compact_rate=rng.choice([0.0, 0.005, 0.02]),
+            leader_fault_rate=rng.choice([0.0, 0.005, 0.02, 0.05]),
         )
 
     def describe(self) -> str:
@@ -73,7 +80,8 @@ class FaultProfile:
             f"replicas={self.replicas} loss={n.loss} dup={n.duplicate} delay={n.delay_min}-{n.delay_max} "
             f"crash={self.crash_rate} mid_step={self.crash_mid_step} partition={self.partition_rate} "
             f"pause={self.pause_rate} propose={self.propose_rate} read={self.read_rate} drift={self.drift:.3f} "
-            f"transfer={self.transfer_rate}"
+            f"transfer={self.transfer_rate} membership={self.membership_rate} compact={self.compact_rate} "
+            f"leader_fault={self.leader_fault_rate}"
         )
 
 
@@ -121,7 +129,9 @@ class Simulation:
         self.rng = random.Random(seed)
         base = Config(replica_id=1, replica_ids=(1, 2, 3))
         self.profile = FaultProfile.draw(self.rng, replicas, base.clock_drift_ppm / 1e6)
-        self.ids = tuple(range(1, self.profile.replicas + 1))
+        self.voters0 = tuple(range(1, self.profile.replicas + 1))
+        # Two spare machines that membership changes may add.
+        self.ids = tuple(range(1, self.profile.replicas + 3))
         self.safety_ticks = safety_ticks
         self.liveness_ticks = liveness_ticks
         self.replica_class = replica_class
@@ -155,16 +165,22 @@ class Simulation:
         heapq.heappush(self._queue, (self.time + delay, self._seq, kind, data))
 
     def _config(self, rid: int) -> Config:
-        return Config(replica_id=rid, replica_ids=self.ids)
+        learners = () if rid in self.voters0 else (rid,)
+        return Config(replica_id=rid, replica_ids=self.voters0, learner_ids=learners)
 
     def _boot(self, node: _Node) -> None:
         durable = node.storage.load()
         node.replica = self.replica_class(self._config(node.id), durable, random.Random(self.rng.random()))
-        node.state = self.workload.new_state()
-        node.applied_below = 0
-        # Rebuild the state machine from the durable log, as a restarted
-        # server reopens its applied tables.
-        for slot in range(durable.applied_below):
+        snap = node.storage.snapshot
+        if snap is not None:
+            node.state = self.workload.copy_state(snap[1])
+            start = snap[0]
+        else:
+            node.state = self.workload.new_state()
+            start = 0
+        # Rebuild the state machine from the snapshot and the durable log, as
+        # a restarted server reopens its applied tables.
+        for slot in range(start, durable.applied_below):
             self.workload.apply(node.state, durable.accepted[slot][1])
         node.applied_below = durable.applied_below
         node.proposals.clear()
@@ -207,12 +223,73 @@ class Simulation:
         for rr in ready.reads_refused:
             node.reads.pop(rr.token, None)
         self._finish_reads(node)
+        if ready.snapshot_needed_from is not None:
+            for delay in self.net.delays(ready.snapshot_peer, node.id):
+                self._schedule(delay * 3, "snapshot", (ready.snapshot_peer, node.id))
+                break
 
     def _finish_reads(self, node: _Node) -> None:
         for token, (floor, index) in list(node.reads.items()):
             if index > 0 and node.applied_below >= index:
                 del node.reads[token]
                 self.checker.on_read(node.id, floor, node.applied_below)
+
+    def _on_snapshot(self, src: int, dst: int) -> None:
+        """A peer's snapshot arrives (it may be stale or overtaken by then)."""
+        peer, node = self.nodes[src], self.nodes[dst]
+        snap = peer.storage.snapshot
+        if node.replica is None or snap is None or not self.net.delivers(src, dst):
+            return
+        index, state, memberships = snap
+        if index <= node.replica.chosen_below:
+            return
+        self._say(f"r{dst} installs r{src}'s snapshot at {index}")
+        state_copy = self.workload.copy_state(state)
+        node.storage.install(index, self.workload.copy_state(state), memberships)
+        node.state = state_copy
+        node.applied_below = index
+        for slot in [s for s in node.proposals if s < index]:
+            del node.proposals[slot]
+        node.replica.install_snapshot(index, memberships)
+        self._drive(node)
+
+    def _compact(self, node: _Node) -> None:
+        r = node.replica
+        assert r is not None
+        index = node.applied_below - self.rng.randint(0, 20)
+        if index <= r.log_start:
+            return
+        node.storage.sync()
+        # The state at ``index`` is rebuilt from the previous snapshot and log.
+        snap = node.storage.snapshot
+        state = self.workload.copy_state(snap[1]) if snap else self.workload.new_state()
+        for slot in range(snap[0] if snap else 0, index):
+            self.workload.apply(state, node.storage.accepted[slot][1])
+        node.storage.compact(index, state, r.membership_for_snapshot(index))
+        r.compact(index)
+        self._say(f"r{node.id} compacts its log below {index}")
+
+    def _change_membership(self, node: _Node) -> None:
+        r = node.replica
+        assert r is not None
+        m = r.membership
+        rng = self.rng
+        options = [("add_learner", i) for i in self.ids if i not in m.members]
+        options += [("promote", i) for i in m.learners]
+        options += [("remove", i) for i in m.learners]
+        if len(m.voters) > 3:
+            options += [("remove", i) for i in m.voters if i != node.id]
+        if not options:
+            return
+        kind, rid = rng.choice(options)
+        try:
+            new = getattr(m, kind)(rid)
+            self.checker.on_proposed(new.encode())
+            r.change_membership(kind, rid)
+        except (Refused, MembershipError):
+            return
+        self._say(f"r{node.id} proposes membership change {kind} r{rid}")
+        self._drive(node)
 
     def _crash(self, node: _Node) -> None:
         node.storage.crash()
@@ -293,16 +370,33 @@ class Simulation:
             self._crash(node)
             self._schedule(rng.randint(1, 60) * TICK_UNITS, "restart", node.id)
             return
+        if node.replica is not None and node.replica.is_leader and rng.random() < p.leader_fault_rate:
+            # Leaders die with slots in flight that only they (or a minority) hold.
+            if rng.random() < 0.5:
+                self._say(f"leader r{node.id} crashes")
+                self._crash(node)
+                self._schedule(rng.randint(1, 40) * TICK_UNITS, "restart", node.id)
+                return
+            self.net.isolate({node.id}, self.ids)
+            self._say(f"leader r{node.id} cut off")
+            self._schedule(rng.randint(5, 60) * TICK_UNITS, "heal_net", None)
         if rng.random() < p.pause_rate:
             ticks = rng.randint(1, 60)
             node.paused_until = self.time + ticks * TICK_UNITS
             self._say(f"r{node.id} pauses for {ticks} ticks")
             self._schedule(ticks * TICK_UNITS + 1, "resume", node.id)
         r = node.replica
+        if r is not None and rng.random() < p.compact_rate:
+            self._compact(node)
+        if r is not None and r.is_leader and rng.random() < p.membership_rate:
+            self._change_membership(node)
         if r is not None and r.is_leader and rng.random() < p.transfer_rate:
             target = rng.choice([i for i in self.ids if i != node.id] or [node.id])
-            self._say(f"r{node.id} hands leadership to r{target}")
-            r.transfer_leadership(target)
+            try:
+                r.transfer_leadership(target)
+                self._say(f"r{node.id} hands leadership to r{target}")
+            except Refused:
+                pass
             self._drive(node)
         if node.id == self.ids[0] and rng.random() < p.partition_rate * len(self.ids):
             self._partition()
@@ -392,6 +486,8 @@ class Simulation:
                 elif kind == "restart":
                     if self.faults_on:
                         self._on_restart(data)  # type: ignore[arg-type]
+                elif kind == "snapshot":
+                    self._on_snapshot(*data)  # type: ignore[misc]
                 elif kind == "heal_net":
                     if self.faults_on:
                         self.net.heal()
@@ -418,12 +514,21 @@ class Simulation:
             return False
         lr = self.nodes[leader].replica
         assert lr is not None
+        if lr.membership_changing():
+            return False
         handed_out = max(
             [s + 1 for s in self.checker.chosen] + [lr._leader.next_slot]  # noqa: SLF001
         )
         return all(
-            self.nodes[rid].replica is not None and self.nodes[rid].applied_below >= handed_out for rid in self.ids
+            self.nodes[rid].replica is not None and self.nodes[rid].applied_below >= handed_out
+            for rid in self._members()
         )
+
+    def _members(self) -> frozenset[int]:
+        leader = self._leader()
+        if leader is None:
+            return frozenset(self.voters0)
+        return self.nodes[leader].replica.membership.members
 
     def run(self) -> RunResult:
         self._say(f"profile: {self.profile.describe()}")
@@ -442,17 +547,25 @@ class Simulation:
         if liveness_ok:
             election_ticks = self._failover_probe()
         if not self.checker.violations:
+            members = self._members()
             logs = {
-                rid: [
-                    node.replica.chosen_value(s) or b""
-                    for s in range(node.replica.chosen_below)
-                ]
+                rid: (
+                    node.replica.log_start,
+                    [
+                        node.replica.chosen_value(s) or b""
+                        for s in range(node.replica.log_start, node.replica.chosen_below)
+                    ],
+                )
                 for rid, node in self.nodes.items()
-                if node.replica is not None
+                if node.replica is not None and rid in members
             }
             self.checker.check_final(logs)
             self.workload.check_states(
-                {rid: (n.applied_below, n.state) for rid, n in self.nodes.items() if n.replica is not None},
+                {
+                    rid: (n.applied_below, n.state)
+                    for rid, n in self.nodes.items()
+                    if n.replica is not None and rid in members
+                },
                 self.checker.fail,
             )
         return RunResult(

@@ -26,6 +26,9 @@ class SimStorage:
         self.accepted: dict[int, tuple[Ballot, bytes]] = {}
         self.chosen_below = 0
         self.applied_below = 0
+        self.log_start = 0
+        # (index, state machine copy, membership history) of the last snapshot.
+        self.snapshot: tuple[int, object, tuple] | None = None
         self._volatile = _Layer()
         self.syncs = 0
 
@@ -55,6 +58,27 @@ class SimStorage:
         self._volatile = _Layer()
         self.syncs += 1
 
+    def compact(self, index: int, state_copy: object, memberships: tuple) -> None:
+        """Atomically keep a snapshot of the state below ``index`` and drop that log prefix."""
+        self.sync()
+        assert index <= self.applied_below, "snapshot beyond the applied state"
+        if index <= self.log_start:
+            return
+        self.snapshot = (index, state_copy, memberships)
+        self.log_start = index
+        for slot in [s for s in self.accepted if s < index]:
+            del self.accepted[slot]
+
+    def install(self, index: int, state_copy: object, memberships: tuple) -> None:
+        """Atomically replace the state with a peer's snapshot at ``index``."""
+        self.sync()
+        self.snapshot = (index, state_copy, memberships)
+        self.log_start = index
+        self.chosen_below = max(self.chosen_below, index)
+        self.applied_below = index
+        for slot in [s for s in self.accepted if s < index]:
+            del self.accepted[slot]
+
     def crash(self) -> None:
         """Lose everything not yet synced."""
         self._volatile = _Layer()
@@ -62,7 +86,9 @@ class SimStorage:
     def load(self) -> DurableState:
         return DurableState(
             promised=self.promised,
-            accepted=dict(self.accepted),
+            accepted={s: e for s, e in self.accepted.items() if s >= self.log_start},
             chosen_below=self.chosen_below,
             applied_below=min(self.applied_below, self.chosen_below),
+            log_start=self.log_start,
+            memberships=self.snapshot[2] if self.snapshot else (),
         )
