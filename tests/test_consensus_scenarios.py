@@ -328,3 +328,94 @@ def test_lease_read_is_immediate_and_lost_with_leadership():
     assert any(r.token == 1 for r in h.reads[1])
     h.r[1].transfer_leadership(2)
     assert not h.r[1].lease_valid()
+
+
+def _push_chosen_point(h: Harness, leader: int) -> None:
+    h.r[leader]._heartbeat_now = True  # noqa: SLF001
+    h.flush(leader)
+    h.deliver()
+
+
+def test_membership_change_takes_effect_after_the_window():
+    """A learner added, promoted and a voter removed: each takes effect alpha slots after it is chosen."""
+    ids = (1, 2, 3)
+    h = Harness()
+    # Replica 4 joins as a learner of the initial membership.
+    h.disks[4] = SimStorage()
+    h.ids = ids + (4,)
+    h.committed[4], h.reads[4] = [], []
+    h.r[4] = Replica(Config(replica_id=4, replica_ids=ids, learner_ids=(4,)), DurableState(), random.Random(4))
+    h.elect(1)
+    h.deliver()
+    slot = h.r[1].change_membership("add_learner", 4)
+    h.flush(1)
+    h.deliver()
+    with pytest.raises(Refused):
+        h.r[1].change_membership("promote", 4)  # one change at a time
+    alpha = h.r[1].config.window_slots_max
+    for _ in range(3):
+        h.r[1].tick()
+        h.flush(1)
+        h.deliver()
+    _push_chosen_point(h, 1)
+    assert h.r[1].chosen_below >= slot + alpha
+    assert 4 in h.r[1].membership.learners
+    assert h.r[4].chosen_below == h.r[1].chosen_below  # the learner follows the log
+    h.r[1].change_membership("promote", 4)
+    h.flush(1)
+    h.deliver()
+    for _ in range(3):
+        h.r[1].tick()
+        h.flush(1)
+        h.deliver()
+    _push_chosen_point(h, 1)
+    assert h.r[1].membership.voters == {1, 2, 3, 4}
+    h.r[1].change_membership("remove", 3)
+    h.flush(1)
+    h.deliver()
+    for _ in range(3):
+        h.r[1].tick()
+        h.flush(1)
+        h.deliver()
+    _push_chosen_point(h, 1)
+    assert h.r[1].membership.voters == {1, 2, 4}
+    with pytest.raises(Exception):
+        h.r[1].change_membership("remove", 1)  # the leader cannot remove itself
+
+
+def test_lagging_replica_is_told_to_install_a_snapshot_after_compaction():
+    """Peers that compacted their log answer catch-up with their log start; the laggard installs a snapshot."""
+    h = Harness()
+    h.elect(1)
+    h.deliver()
+    cut = lambda m: 3 not in (m.src, m.dst)  # noqa: E731
+    for k in range(10):
+        h.r[1].propose(b"w%d" % k)
+        h.flush(1)
+        h.deliver(cut)
+        h.drop(lambda m: 3 in (m.src, m.dst))
+    h.r[1]._heartbeat_now = True  # noqa: SLF001
+    h.flush(1)
+    h.deliver(cut)
+    h.drop(lambda m: 3 in (m.src, m.dst))
+    top = h.r[1].chosen_below
+    assert h.r[3].chosen_below < top
+    for i in (1, 2):
+        h.r[i].compact(top)
+    h.r[1]._heartbeat_now = True  # noqa: SLF001
+    h.flush(1)
+    h.deliver(lambda m: m.dst == 3 or m.src == 3)
+    ready = h.r[3].ready()
+    needed = ready.snapshot_needed_from
+    if needed is None:  # the request went out in the flush above; answer it again
+        h.r[3].step(__import__("consensus.messages", fromlist=["CatchupReply"]).CatchupReply(1, 3, (), top, top))
+        ready = h.r[3].ready()
+        needed = ready.snapshot_needed_from
+    assert needed == top and ready.snapshot_peer == 1, (h.r[3].chosen_below, h.r[3].role, top)
+    h.r[3].install_snapshot(top, h.r[1].membership_for_snapshot(top))
+    assert h.r[3].chosen_below == top
+    h.r[1].propose(b"after")
+    h.flush(1)
+    h.deliver()
+    _push_chosen_point(h, 1)
+    assert h.r[3].chosen_value(top + 0) is not None or h.r[3].chosen_below > top
