@@ -19,7 +19,7 @@ from typing import Callable
 
 from consensus.membership import is_membership_value
 from ledger.commands import CreateAccounts, CreateTransfers, encode_batch
-from ledger.model import Account, AccountFlags, Transfer, TransferFlags
+from ledger.model import ACCOUNT_ROW, Account, AccountFlags, Transfer, TransferFlags
 from ledger.state_machine import LedgerStateMachine
 from ledger.tables import MemoryTables
 
@@ -36,6 +36,7 @@ _ACCOUNTS = [
     for i in range(1, ACCOUNTS + 1)
 ]
 SECOND_NS = 1_000_000_000
+_NO_OVERDRAFT = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 
 
 class _State:
@@ -100,7 +101,9 @@ class LedgerWorkload:
                     user_data_64=self._n,
                 )
             )
-        commands = [CreateAccounts.of(_ACCOUNTS), CreateTransfers.of(transfers)]
+        commands = [CreateTransfers.of(transfers)]
+        if self._n <= 5 or rng.random() < 0.1:
+            commands.insert(0, CreateAccounts.of(_ACCOUNTS))
         return encode_batch(self._n * SECOND_NS, commands)
 
     def copy_state(self, state: object) -> _State:
@@ -130,17 +133,21 @@ class LedgerWorkload:
 
 
 def _check_conservation(machine: LedgerStateMachine) -> None:
-    accounts = machine.lookup_accounts(range(1, ACCOUNTS + 1))
+    # Raw rows, not Account objects: this runs after every applied value.
+    posted = {ledger: [0, 0] for ledger in LEDGERS}
+    pending = {ledger: [0, 0] for ledger in LEDGERS}
+    for i in range(1, ACCOUNTS + 1):
+        row = machine.tables.get(b"accounts", i.to_bytes(16, "big"))
+        if row is None:
+            continue
+        (_, dp, dpo, cp, cpo, _, _, _, _, ledger, _, flags, _) = ACCOUNT_ROW.unpack(row)
+        dp, dpo, cp, cpo = (int.from_bytes(x, "big") for x in (dp, dpo, cp, cpo))
+        posted[ledger][0] += dpo
+        posted[ledger][1] += cpo
+        pending[ledger][0] += dp
+        pending[ledger][1] += cp
+        if flags & _NO_OVERDRAFT:
+            assert dpo + dp <= cpo, f"account {i} debits exceed credits"
     for ledger in LEDGERS:
-        on = [a for a in accounts if a.ledger == ledger]
-        assert sum(a.debits_posted for a in on) == sum(a.credits_posted for a in on), (
-            f"ledger {ledger}: posted debits != posted credits"
-        )
-        assert sum(a.debits_pending for a in on) == sum(a.credits_pending for a in on), (
-            f"ledger {ledger}: pending debits != pending credits"
-        )
-    for a in accounts:
-        if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
-            assert a.debits_posted + a.debits_pending <= a.credits_posted, (
-                f"account {a.id} debits exceed credits"
-            )
+        assert posted[ledger][0] == posted[ledger][1], f"ledger {ledger}: posted debits != posted credits"
+        assert pending[ledger][0] == pending[ledger][1], f"ledger {ledger}: pending debits != pending credits"
