@@ -24,7 +24,7 @@ LATENCY_BUCKETS_S = (
 )
 FSYNC_BUCKETS_S = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8190, 16384, 65536)
-ROLES = ("follower", "candidate", "leader")
+ROLES = ("follower", "pre_candidate", "candidate", "leader")
 
 
 class ReplicaMetrics:
@@ -85,6 +85,17 @@ class ReplicaMetrics:
         )
         self.wire_errors = counter("ledger_wire_errors_total", "peer frames refused by the wire decoder")
         self._role_seen = ""
+        # Create every unlabelled-beyond-replica series now, so that each one
+        # is exported from the start (a follower also shows its commit latency
+        # histogram, empty), and dashboards never miss a series.
+        for metric in (
+            self.ballot_round, self.chosen_index, self.applied_index, self.is_leader, self.queue_requests,
+            self.proposals, self.batch_requests, self.batch_events, self.commit_latency,
+            self.request_latency, self.fsync_latency, self.elections, self.leader_changes, self.wire_errors,
+        ):
+            self.labels(metric)
+        for name in ROLES:
+            self.labels(self.role, role=name)
 
     def labels(self, metric, **extra):
         return metric.labels(**self._labels, **extra)

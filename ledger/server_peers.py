@@ -93,6 +93,9 @@ class PeerLink:
         self.heartbeat_sent: dict[int, float] = {}
         self._task: asyncio.Task | None = None
         self._channel: grpc.aio.Channel | None = None
+        m = transport.metrics
+        for metric in (m.peer_rtt, m.peer_dropped_frames, m.peer_connected):
+            m.labels(metric, peer=peer_name)  # export the series from the start
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"peer-{self.peer_name}")
