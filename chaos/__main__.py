@@ -33,10 +33,11 @@ QUICK_LAST = {"loopback": "toxic-latency:leader", "netns": "one-way"}
 TOXIC_SCHEDULE = ["toxic-latency:leader", "toxic-timeout:leader", "toxic-reset:follower", "toxic-latency:follower"]
 
 
-def full_schedule(topology: str) -> list[str]:
+def full_schedule(topology: str, network: str) -> list[str]:
     s = ["kill:leader", "kill:follower", "pause:leader", "isolate:leader", "leader-alone", "partition",
-         "bridge", "one-way", "clock-step:leader", "clock-drift:leader", "fsync-fail:leader", "disk-full:leader",
-         "toxic-latency:leader", "toxic-timeout:leader", "toxic-reset:follower"]
+         "bridge", "one-way", "clock-step:leader", "clock-drift:leader", "fsync-fail:leader", "disk-full:leader"]
+    if network == "loopback":
+        s += TOXIC_SCHEDULE
     if topology == "one-city":
         s += ["lose-dc:fra-a", "lose-dc:fra-b:kill"]
     elif topology == "two-cities":
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                         toxiproxy_url=args.toxiproxy))
     else:
         for t in args.topologies.split(","):
-            configs.append(runner.RunConfig(topology=t, network=network, schedule=full_schedule(t),
+            configs.append(runner.RunConfig(topology=t, network=network, schedule=full_schedule(t, network),
                                             fault_s=args.fault_s or 8.0, gap_s=args.gap_s or 6.0,
                                             seed=args.seed, concurrency=args.concurrency,
                                             toxiproxy_url=args.toxiproxy))

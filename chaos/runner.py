@@ -80,10 +80,11 @@ class Context:
             return {}
 
     def leader(self) -> str | None:
-        votes = [s.get("leader_id") for s in self.statuses().values() if s and s.get("role") == "leader"]
-        if votes:
-            return votes[0]
-        votes = [s.get("leader_id") for s in self.statuses().values() if s and s.get("leader_id")]
+        statuses = [s for s in self.statuses().values() if s]
+        leaders = [s["id"] for s in statuses if s.get("role") == "leader"]
+        if leaders:
+            return leaders[0]
+        votes = [s["leader_id"] for s in statuses if s.get("leader_id")]
         return max(set(votes), key=votes.count) if votes else None
 
 
