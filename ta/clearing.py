@@ -1239,7 +1239,8 @@ class Clearing:
         state = self.day(date)
         if state is None:
             return {"date": date, "status": "absent"}
-        units = [u for u in self.flow(date) if u["run"] in ("-", str(state.run))]
+        units = sorted((u for u in self.flow(date) if u["run"] in ("-", str(state.run))),
+                       key=lambda u: (STEPS.index(u["step"]), u["fund"], str(u["shard"]).zfill(3)))
         return {"date": date, "status": state.status, "run": state.run, "gen": state.gen,
                 "shards": state.shards, "paused": state.paused,
                 "inputs": self.inputs(date),
