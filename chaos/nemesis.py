@@ -197,12 +197,14 @@ class Nemesis:
     def _start_clock_step(self, ctx) -> str:
         self._shim(ctx)
         rid = self.state["rid"] = self._pick(ctx)
-        step = self.params.get("seconds", ctx.rng.choice([-30.0, 5.0, 60.0]))
+        step = self.state["step"] = self.params.get("seconds", ctx.rng.choice([-30.0, 5.0, 60.0]))
         self._write_faults(ctx, rid, step_mono_s=step, step_real_s=step)
         return f"{rid} clock steps {step:+.0f}s (monotonic only forward)"
 
     def _heal_clock_step(self, ctx) -> None:
-        pass  # a step is a one-off; the clock keeps running from where it jumped
+        # NTP puts the wall clock right again: a step back by the same amount (itself a fault);
+        # the monotonic clock keeps running from where it jumped
+        self._write_faults(ctx, self.state["rid"], step_real_s=-self.state["step"])
 
     def _start_clock_drift(self, ctx) -> str:
         self._shim(ctx)
