@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     common(sp)
     sp.add_argument("--topology", default="one-city")
     sp.add_argument("--schedule", default="kill:leader")
+    sp.add_argument("--stale-reads", action="store_true",
+                    help="make the register workload read locally at any replica (a known bug: the checker must fail)")
     sp = sub.add_parser("rtt", help="measure the zone round-trip times")
     sp.add_argument("--network", choices=("loopback", "netns"), default=None)
     sp.add_argument("--topology", default="three-cities")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(runner.RunConfig(topology=args.topology, network=network,
                                         schedule=args.schedule.split(","), fault_s=args.fault_s or 6.0,
                                         gap_s=args.gap_s or 5.0, seed=args.seed, concurrency=args.concurrency,
-                                        toxiproxy_url=args.toxiproxy))
+                                        toxiproxy_url=args.toxiproxy, stale_reads=args.stale_reads))
     else:
         for t in args.topologies.split(","):
             configs.append(runner.RunConfig(topology=t, network=network, schedule=full_schedule(t, network),

@@ -59,6 +59,7 @@ class RunConfig:
     concurrency: int = 3
     workloads: str = "bank,register,set"
     toxiproxy_url: str | None = None
+    stale_reads: bool = False  # a deliberate bug in the workload, to show the register checker failing
     out: Path | None = None
     label: str = ""
 
@@ -167,7 +168,8 @@ def execute(cfg: RunConfig, progress=None) -> dict:
         workload = subprocess.Popen(
             network.wrap("client", [sys.executable, "-m", "chaos.workload", "--addresses", addresses,
                                     "--out", str(run_dir), "--control", str(control), "--seed", str(cfg.seed),
-                                    "--concurrency", str(cfg.concurrency), "--workloads", cfg.workloads]),
+                                    "--concurrency", str(cfg.concurrency), "--workloads", cfg.workloads]
+                              + (["--stale-reads"] if cfg.stale_reads else [])),
             stdout=wl_log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
         )
         remember_pid(workload.pid, "chaos.workload")

@@ -35,7 +35,7 @@ import grpc
 from chaos.history import History
 from ledger import errors
 from ledger.api_proto import pb, pb_grpc
-from ledger.client import AsyncClient
+from ledger.client import LOCAL, AsyncClient
 from ledger.model import Account, AccountFlags, Transfer
 
 LEDGER = 1
@@ -79,6 +79,7 @@ class Workloads:
         self.reg_key_ops: dict[str, int] = {}
         self.reg_generation = 0
         self.set_next = 1
+        self.stale_reads = False
 
     def stopping(self) -> bool:
         return (self.control / "stop").exists() or self.ops >= OPS_MAX
@@ -182,7 +183,11 @@ class Workloads:
             roll = rng.random()
             if roll < 0.4:
                 async def read():
-                    got = await self.client.kv_get(key.encode())
+                    if self.stale_reads:  # a deliberate bug: local reads at any replica
+                        got = await self.client.kv_get(key.encode(), consistency=LOCAL,
+                                                       address=rng.choice(self.addresses))
+                    else:
+                        got = await self.client.kv_get(key.encode())
                     return None if got is None else got[0].decode()
                 await self._op(h, process, "read", {"key": key}, read, is_read=True)
             elif roll < 0.7:
@@ -334,6 +339,7 @@ async def amain(args) -> int:
     out = Path(args.out)
     control = Path(args.control)
     w = Workloads(args.addresses.split(","), out, control, args.seed, args.concurrency, args.workloads.split(","))
+    w.stale_reads = args.stale_reads
     await w.setup()
     (control / "ready").write_text(str(time.monotonic()))
     await w.run()
@@ -357,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=4, help="processes per workload")
     p.add_argument("--workloads", default="bank,register,set")
+    p.add_argument("--stale-reads", action="store_true",
+                   help="register reads at LOCAL consistency on any replica: a known bug, to see the checker fail")
     p.add_argument("--probe", action="store_true", help="print every replica's status as JSON and exit")
     args = p.parse_args(argv)
     if args.probe:

@@ -151,3 +151,22 @@ def test_an_interrupted_run_leaves_nothing(tmp_path):
         except OSError:
             continue
         assert marker.encode() not in cmdline, f"process {pid} ({marker}) outlived the run"
+
+
+@pytest.mark.timeout(300)
+def test_the_suite_fails_on_a_known_bug(tmp_path):
+    """Stale reads (LOCAL consistency at any replica, followers 15-25 ms behind between
+    cities) must make the register checker fail: the suite is not vacuous. Over a few
+    thousand reads at least one lands on a lagging follower right after a write."""
+    from chaos import runner
+
+    assert not netns.list_namespaces()
+    cfg = runner.RunConfig(topology="three-cities", network="netns", schedule=["partition"], fault_s=2.0,
+                           gap_s=1.0, warmup_s=2.0, post_heal_s=1.0, concurrency=3, seed=11,
+                           workloads="register", stale_reads=True, out=tmp_path / "run")
+    result = runner.execute(cfg)
+    verdict = {v["checker"]: v for v in result["verdicts"]}
+    assert verdict["register"]["valid"] is False
+    assert "no linearization" in verdict["register"]["errors"][0]
+    assert result["valid"] is False
+    assert not netns.list_namespaces()
