@@ -131,3 +131,111 @@ def test_snapshot_arriving_after_the_laggard_became_leader():
     assert h.r[3].chosen_below < top
     # The snapshot the driver asked for arrives now.
     h.r[3].install_snapshot(top, h.r[1].membership_for_snapshot(top))
+
+
+class _MembersHarness(Harness):
+    """Voters and learners of one's choosing, and any Config limits (a small window here)."""
+
+    def __init__(self, voters=(1, 2, 3), learners=(4,), seed=1, **cfg) -> None:  # noqa: D107
+        from sim.storage import SimStorage
+
+        self.voters, self.learners, self.cfg = voters, learners, cfg
+        self.ids = voters + learners
+        self.disks = {i: SimStorage() for i in self.ids}
+        self.r = {}
+        self.inflight = []
+        self.committed = {i: [] for i in self.ids}
+        self.reads = {i: [] for i in self.ids}
+        self.down = set()
+        self.seed = seed
+        for i in self.ids:
+            self.boot(i)
+        for _ in range(self.r[self.ids[0]].config.election_timeout_min_ticks):
+            for i in self.ids:
+                self.r[i].now += 1
+        self.flush_all()
+        self.inflight.clear()
+
+    def boot(self, i: int) -> None:
+        import random
+
+        from consensus import Config, Replica
+
+        cfg = Config(replica_id=i, replica_ids=self.voters, learner_ids=self.learners, **self.cfg)
+        self.r[i] = Replica(cfg, self.disks[i].load(), random.Random(self.seed * 100 + i))
+        self.down.discard(i)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a new leader counts acceptances of a recovered slot more than alpha slots past its "
+    "chosen point against a membership it does not know is still in effect there",
+)
+def test_new_leader_behind_two_membership_changes_counts_the_wrong_quorum():
+    from consensus.messages import Accept, Accepted
+
+    # alpha = 2; tiny messages, so a leader's Accepts go out in small batches.
+    h = _MembersHarness(window_slots_max=2, slot_bytes_max=64, message_bytes_max=128)
+
+    def settle(leader, allow, ticks=6):
+        for _ in range(ticks):
+            h.r[leader].tick()
+            h.flush(leader)
+            h.deliver(allow)
+        _push(h, leader, allow)
+
+    h.elect(1)
+    h.deliver()
+    _push(h, 1)
+    # 2 is cut off from here on and lags at its chosen point.
+    no2 = lambda m: 2 not in (m.src, m.dst)  # noqa: E731
+    h.drop(lambda m: 2 in (m.src, m.dst))
+    lag = h.r[2].chosen_below
+    # Two changes take effect while 2 is away: promote 4, then remove 3.
+    h.r[1].change_membership("promote", 4)
+    h.flush(1)
+    h.deliver(no2)
+    settle(1, no2)
+    t2 = h.r[1].change_membership("remove", 3)
+    h.flush(1)
+    h.deliver(no2)
+    settle(1, no2)
+    assert h.r[1].membership.voters == {1, 2, 4}
+    alpha = h.r[1].config.window_slots_max
+    # Leader 1 proposes v at slot s (only 1 holds it) and u at s + 1 (1 and 4 hold it).
+    s = h.r[1].propose(b"v")
+    h.flush(1)
+    h.drop(lambda m: m.src == 1)
+    h.r[1].propose(b"u")
+    h.flush(1)
+    h.deliver(lambda m: isinstance(m, Accept) and m.dst == 4)
+    h.inflight.clear()
+    assert s >= t2 + alpha and s >= lag + 2 * alpha
+    # 1 is cut off; 2 comes back and is elected by 2, 3 and 4 (a majority of
+    # every membership its recovered values name). It fills slot s with a no-op.
+    no1 = lambda m: 1 not in (m.src, m.dst)  # noqa: E731
+    h.lapse()
+    h.r[2].campaign()
+    h.flush(2)
+    h.deliver(lambda m: no1(m) and not isinstance(m, (Accept, Accepted)))
+    assert h.r[2].role is Role.LEADER and h.r[2].chosen_below == lag
+    # Only the batch holding slot s reaches 3 (the earlier batches are lost).
+    batch = [m for m in h.inflight if isinstance(m, Accept) and m.dst == 3 and any(e[0] == s for e in m.entries)]
+    h.inflight = [m for m in h.inflight if not isinstance(m, Accept)] + batch
+    h.deliver(lambda m: no1(m) and isinstance(m, (Accept, Accepted)))
+    h.inflight.clear()
+    # 2 and 3 accepted the no-op at s; the voters at s are {1, 2, 4}: that is no majority.
+    premature = h.r[2].chosen_value(s)
+    # 2 is cut off; 1 returns and leads with 4, a majority of {1, 2, 4}.
+    for _ in range(3):
+        h.lapse()
+        h.r[1].campaign()
+        h.flush(1)
+        h.deliver(no2)
+        if h.r[1].role is Role.LEADER:
+            break
+    assert h.r[1].role is Role.LEADER
+    _push(h, 1, no2)
+    _push(h, 1, no2)
+    assert h.r[1].chosen_value(s) == b"v" and h.r[4].chosen_value(s) == b"v"
+    assert premature is None, f"replica 2 holds slot {s} chosen as {premature!r}; 1 and 4 chose b'v' there"
