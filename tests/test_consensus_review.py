@@ -239,3 +239,62 @@ def test_new_leader_behind_two_membership_changes_counts_the_wrong_quorum():
     _push(h, 1, no2)
     assert h.r[1].chosen_value(s) == b"v" and h.r[4].chosen_value(s) == b"v"
     assert premature is None, f"replica 2 holds slot {s} chosen as {premature!r}; 1 and 4 chose b'v' there"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a transfer Prepare bypasses the stickiness of acceptors that follow another, newer "
+    "leader than the one that asked for the transfer, so that leader's lease is void",
+)
+def test_transfer_campaign_overrides_the_lease_of_a_different_leader():
+    h = Harness(n=5, seed=1)
+    h.elect(1)
+    h.deliver()
+    _push(h, 1)
+    _commit(h, 1, b"before")
+    # A partition {1, 5} | {2, 3, 4}. Leader 1 hands over to 5 just as it starts,
+    # and the TimeoutNow is held up.
+    side_a, side_b = {1, 5}, {2, 3, 4}
+
+    def same_side(m):
+        ends = {m.src, m.dst}
+        return (ends <= side_a or ends <= side_b) and not isinstance(m, TimeoutNow)
+
+    h.r[1].transfer_leadership(5)
+    h.flush(1)
+    held = [m for m in h.inflight if isinstance(m, TimeoutNow)]
+    assert held
+    h.drop(lambda m: not same_side(m))
+    # 1 loses its majority and steps down; {2, 3, 4} elect a leader that takes a lease.
+    leader = None
+    for _ in range(60):
+        for i in h.ids:
+            h.r[i].tick()
+            h.flush(i)
+        h.deliver(same_side)
+        h.drop(lambda m: not same_side(m))
+        leader = next((i for i in sorted(side_b) if h.r[i].role is Role.LEADER), None)
+        if leader:
+            break
+    assert leader is not None
+    _push(h, leader, same_side)
+    h.drop(lambda m: True)
+    assert h.r[leader].lease_valid()
+    # 5 still follows 1 at 1's ballot when the TimeoutNow arrives; the new
+    # leader is cut off from everybody, the rest of the network heals.
+    assert h.r[5].role is Role.FOLLOWER and h.r[5].leader_id == 1
+    rest = lambda m: leader not in (m.src, m.dst)  # noqa: E731
+    h.r[5].step(held[0])
+    h.flush(5)
+    h.deliver(rest)
+    if h.r[5].role is not Role.LEADER:
+        pytest.fail("the transfer campaign was refused (the defect is fixed)")
+    slot = _commit(h, 5, b"after", rest)
+    h.drop(lambda m: leader in (m.src, m.dst))
+    assert h.r[leader].lease_valid()
+    h.r[leader].read(7)
+    h.flush(leader)
+    ready = [r for r in h.reads[leader] if r.token == 7]
+    assert ready and ready[0].index > slot, (
+        f"stale lease read at {leader}: index {ready[0].index if ready else None}, slot {slot} committed by 5"
+    )
