@@ -13,6 +13,7 @@ Layout (named databases; keys are raw bytes, integers big-endian):
     replica.meta      b"format_version", b"cluster_id", b"replica_id",
                       b"chosen_below", b"applied_below", b"log_start" -> 8 B int
                       (cluster_id: UTF-8), b"digest" -> 32 B state digest
+                      b"memberships" -> msgpack membership history as of log_start
     replica.acceptor  b"promised" -> msgpack [round, replica_id]
     replica.log       slot (8 B) -> msgpack [ballot round, ballot replica, value]
     sm.<table>        one per name in ``ledger.tables.TABLES``: the state
@@ -85,6 +86,9 @@ _K_APPLIED = b"applied_below"
 _K_LOG_START = b"log_start"
 _K_DIGEST = b"digest"
 _K_PROMISED = b"promised"
+_K_MEMBERSHIPS = b"memberships"  # msgpack membership history as of log_start
+INCOMING_SNAPSHOT_FILE = "snapshot.incoming"  # a snapshot being received (spool)
+SNAPSHOT_CHUNK_BYTES = 1 << 20  # rows per streamed snapshot chunk: about this many bytes
 
 
 class StorageError(Exception):
@@ -113,6 +117,12 @@ class IncompatibleFormat(StorageError):
 
 class StorageCorrupt(StorageError):
     """The stored rows do not hash to the stored digest."""
+
+
+class SnapshotMismatch(StorageError):
+    """A received snapshot's rows do not hash to the digest its sender stated.
+
+    Nothing was installed; fetch the snapshot again."""
 
 
 def _int8(value: int) -> bytes:
@@ -428,12 +438,15 @@ class ReplicaStorage:
                 for key, raw_entry in cursor.iternext():
                     rnd, rid, value = unpackb(raw_entry)
                     accepted[_from_int8(key)] = (Ballot(rnd, rid), value)
+            raw_members = meta.get(_K_MEMBERSHIPS)
+            memberships = _decode_memberships(raw_members) if raw_members else ()
             return DurableState(
                 promised=promised,
                 accepted=accepted,
                 chosen_below=_from_int8(meta.get(_K_CHOSEN)),
                 applied_below=_from_int8(meta.get(_K_APPLIED)),
                 log_start=log_start,
+                memberships=memberships,
             )
 
     @contextlib.contextmanager
@@ -556,11 +569,15 @@ class ReplicaStorage:
         self._applied_below = applied_below
         self._digest = digest
 
-    def compact_log(self, below_slot: int) -> None:
+    def compact_log(self, below_slot: int, memberships: tuple = ()) -> None:
         """Drop log entries below ``below_slot`` and move ``log_start`` there.
 
         Only applied slots may go (a snapshot holds their effect), so
         ``below_slot <= applied_below``. Moving backwards is a no-op.
+        ``memberships`` is the membership history as of ``below_slot``
+        (``Replica.membership_for_snapshot``): the dropped log held the
+        membership values, so it is stored in the same transaction. Empty
+        means the configured initial membership still holds.
         """
         assert below_slot <= self._applied_below, (below_slot, self._applied_below)
         if below_slot <= self._log_start:
@@ -583,6 +600,8 @@ class ReplicaStorage:
             while cursor.first() and cursor.key() < end:
                 cursor.delete()
             txn.put(_K_LOG_START, end, db=self._meta)
+            if memberships:
+                txn.put(_K_MEMBERSHIPS, _encode_memberships(memberships), db=self._meta)
             txn.commit()
         except BaseException as e:
             _abort_quietly(txn)
@@ -592,9 +611,156 @@ class ReplicaStorage:
             raise
         self._log_start = below_slot
 
+    # --- snapshots -----------------------------------------------------
+    #
+    # The state tables ARE the snapshot: they hold exactly the effect of the
+    # slots below ``applied_below``. Taking a snapshot therefore copies
+    # nothing; it records (applied_below, membership history, digest) by
+    # compacting the log up to it. A peer that needs the snapshot gets it
+    # streamed from one read transaction (a consistent view of the tables,
+    # the applied point and the digest), spools it to
+    # ``INCOMING_SNAPSHOT_FILE`` and installs it with ``install_snapshot``
+    # in one write transaction. A crash of either side leaves at most a
+    # stale spool file, which the next transfer truncates: transfers restart
+    # from the beginning.
+
+    @contextlib.contextmanager
+    def snapshot_source(self) -> Iterator[tuple[int, int, Iterator[bytes]]]:
+        """A consistent snapshot of the applied state: ``(index, digest, chunks)``.
+
+        ``index`` is the applied point the rows reflect, ``digest`` their
+        state digest; ``chunks`` yields msgpack frames ``[table, [[key,
+        value], ...]]`` of about ``SNAPSHOT_CHUNK_BYTES``. The read
+        transaction stays open (pinning old pages) until the context exits,
+        so stream promptly. Chunks may be pulled from any one thread at a time.
+        """
+        env = self._env
+        assert env is not None
+        txn = env.begin()
+        try:
+            meta = txn.cursor(db=self._meta)
+            index = _from_int8(meta.get(_K_APPLIED))
+            digest = _from_int8(meta.get(_K_DIGEST))
+
+            def chunks() -> Iterator[bytes]:
+                pack = msgpack.Packer().pack
+                for table in TABLES:
+                    rows: list[tuple[bytes, bytes]] = []
+                    size = 0
+                    for key, value in txn.cursor(db=self._tables[table]).iternext():
+                        rows.append((key, value))
+                        size += len(key) + len(value) + 8
+                        if size >= SNAPSHOT_CHUNK_BYTES:
+                            yield pack([table, rows])
+                            rows, size = [], 0
+                    if rows:
+                        yield pack([table, rows])
+
+            yield index, digest, chunks()
+        finally:
+            txn.abort()
+
+    def incoming_snapshot_path(self) -> str:
+        return os.path.join(self.path, INCOMING_SNAPSHOT_FILE)
+
+    def install_snapshot(self, spool_path: str, index: int, digest: int, memberships: tuple) -> None:
+        """Replace the state with a received snapshot, in one synced transaction.
+
+        ``spool_path`` holds the snapshot's chunks, each prefixed with its
+        length (4 B big-endian), as ``snapshot_source`` produced them. The
+        rows replace every state table; the applied point, log start and
+        (if behind) chosen point move to ``index``; log entries below it go;
+        the membership history becomes ``memberships``. The rows must hash to
+        ``digest``, else ``SnapshotMismatch`` and nothing changes. All or
+        nothing: a crash before the commit leaves the old state intact.
+        """
+        if self._needs_reopen:
+            try:
+                self._reopen_env()
+            except lmdb.Error as e:
+                raise StorageUnavailable("reopen", e) from e
+        env = self._env
+        assert env is not None
+        assert index > self._applied_below, (index, self._applied_below)
+        try:
+            txn = env.begin(write=True)
+        except lmdb.Error as e:
+            self._note_failure(e)
+            raise StorageUnavailable("begin", e) from e
+        chosen_below = max(self._chosen_below, index)
+        try:
+            for db in self._tables.values():
+                txn.drop(db, delete=False)
+            total = 0
+            row_hash = _digest.row_hash
+            with open(spool_path, "rb") as f:
+                while True:
+                    head = f.read(4)
+                    if not head:
+                        break
+                    size = int.from_bytes(head, "big")
+                    body = f.read(size)
+                    if len(head) != 4 or len(body) != size:
+                        raise SnapshotMismatch(f"{spool_path}: truncated snapshot chunk")
+                    table, rows = msgpack.unpackb(body, use_list=False)
+                    if table not in self._tables:
+                        raise SnapshotMismatch(f"snapshot names an unknown table {table!r}")
+                    for key, value in rows:
+                        total += row_hash(table, key, value)
+                    _, added = txn.cursor(db=self._tables[table]).putmulti(rows, append=True)
+                    if added != len(rows):
+                        raise SnapshotMismatch(f"snapshot rows of {table!r} out of order")
+            total %= _digest.MODULUS
+            if total != digest:
+                raise SnapshotMismatch(
+                    f"snapshot at {index}: rows hash to {_digest.to_hex(total)}, "
+                    f"its sender stated {_digest.to_hex(digest)}"
+                )
+            cursor = txn.cursor(db=self._log)
+            end = _int8(index)
+            while cursor.first() and cursor.key() < end:
+                cursor.delete()
+            meta = txn.cursor(db=self._meta)
+            meta.put(_K_APPLIED, end)
+            meta.put(_K_CHOSEN, _int8(chosen_below))
+            meta.put(_K_LOG_START, end)
+            meta.put(_K_DIGEST, digest.to_bytes(32, "big"))
+            meta.put(_K_MEMBERSHIPS, _encode_memberships(memberships))
+            txn.commit()
+        except BaseException as e:
+            _abort_quietly(txn)
+            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
+                self._note_failure(e)
+                raise StorageUnavailable("install_snapshot", e) from e
+            raise
+        self._applied_below = index
+        self._chosen_below = chosen_below
+        self._log_start = index
+        self._digest = digest
+
+    def log_bytes(self) -> int:
+        """Bytes of log entries stored (keys and values), from the log's B-tree stats."""
+        env = self._env
+        assert env is not None
+        with env.begin() as txn:
+            st = txn.stat(self._log)
+        return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+
+    def file_bytes(self) -> int:
+        """Size of the LMDB data file on disk."""
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+
     def _note_failure(self, exc: BaseException) -> None:
         if isinstance(exc, lmdb.PanicError):
             self._needs_reopen = True
+
+
+def _encode_memberships(memberships: tuple) -> bytes:
+    return msgpack.packb([[e, list(v), list(l)] for e, v, l in memberships])
+
+
+def _decode_memberships(raw: bytes) -> tuple:
+    return tuple((e, tuple(v), tuple(l)) for e, v, l in msgpack.unpackb(raw))
 
 
 def _abort_quietly(txn: lmdb.Transaction) -> None:
