@@ -128,6 +128,10 @@ class _LeaderState:
     reads: list[_PendingRead] = field(default_factory=list)
     transfer_to: int = 0
     transfer_deadline: int = 0
+    # Once a transfer was attempted, a TimeoutNow may still be in flight and
+    # let the target campaign past stickiness at any time: no more lease
+    # reads under this ballot (read index stays safe).
+    lease_forfeited: bool = False
     peer_chosen: dict[int, int] = field(default_factory=dict)
     membership_slot: int | None = None  # slot of a membership change in flight
     membership_pending: Membership | None = None
@@ -245,6 +249,7 @@ class Replica:
             ls is not None
             and self.config.lease_reads
             and not self.membership_changing()
+            and not ls.lease_forfeited
             and ls.transfer_to == 0
             and self.now < ls.lease_until
             and self.chosen_below > ls.noop_slot
@@ -355,7 +360,12 @@ class Replica:
         """
         if index <= self.chosen_below:
             return
-        assert self.role is not Role.LEADER, "a leader never lacks chosen slots"
+        if self.role is not Role.FOLLOWER:
+            # We won an election while the snapshot was on its way (with
+            # promisers that still had the log). Stepping down is always safe;
+            # the snapshot holds only chosen slots.
+            self._step_down(leader_id=0)
+            self._reset_election_timer()
         for s in [s for s in self.accepted if s < index]:
             del self.accepted[s]
         self._chosen_above = {s for s in self._chosen_above if s >= index}
@@ -377,6 +387,7 @@ class Replica:
         if target not in self.membership.voters or self.membership_changing():
             raise Refused(RefuseReason.NOT_LEADER, self.id)
         ls.transfer_to = target
+        ls.lease_forfeited = True
         ls.transfer_deadline = self.now + self.config.transfer_timeout_ticks
         # Give up the lease at once: the target's transfer Prepare is promised
         # by acceptors that still hear us.
@@ -455,6 +466,26 @@ class Replica:
                 for s in [s for s in ls.acks if s < self.chosen_below]:
                     del ls.acks[s]
                     ls.sent_tick.pop(s, None)
+                # Slots whose membership just became certain may be chosen now.
+                for s in sorted(ls.acks):
+                    if s >= self.chosen_below + self._alpha:
+                        break
+                    self._maybe_choose(s)
+
+    def _maybe_choose(self, slot: int) -> None:
+        """Leader: mark ``slot`` chosen if a majority of its membership accepted it.
+
+        The membership of ``slot`` is certain only once every slot up to
+        ``slot - alpha`` is chosen. A new leader re-proposes recovered slots
+        that can lie further ahead; their acceptances wait until then.
+        """
+        ls = self._leader
+        assert ls is not None
+        if slot >= self.chosen_below + self._alpha or slot in self._chosen_above:
+            return
+        acks = ls.acks.get(slot)
+        if acks is not None and self.members.at(slot).has_quorum(acks):
+            self._mark_chosen(slot)
 
     # --------------------------------------------------------------- timers
 
@@ -692,8 +723,7 @@ class Replica:
         ls.acks[slot] = {self.id}
         ls.sent_tick[slot] = self.now
         self._accept_queue.append(slot)
-        if self.members.at(slot).has_quorum(ls.acks[slot]):
-            self._mark_chosen(slot)
+        self._maybe_choose(slot)
 
     def _step_down(self, leader_id: int) -> None:
         ls = self._leader
@@ -755,8 +785,7 @@ class Replica:
             if acks is None:
                 continue
             acks.add(m.src)
-            if self.members.at(s).has_quorum(acks):
-                self._mark_chosen(s)
+            self._maybe_choose(s)
         self._maybe_send_timeout_now()
 
     def _flush_accepts(self) -> None:
