@@ -58,3 +58,13 @@ chaos-quick: venv
 
 chaos: venv
 	$(PY) -m chaos full $(if $(NET),--network $(NET))
+
+# Benchmarks (issue 8): a local three-replica cluster of its own, fsync on.
+# Prints a table; JSON figures to $(BENCH_JSON). bench-quick: under two minutes.
+BENCH_JSON ?= bench/results.json
+.PHONY: bench bench-quick
+bench: venv proto
+	BENCH_JSON=$(BENCH_JSON) $(PY) -m cluster.bench
+
+bench-quick: venv proto
+	BENCH_JSON=$(BENCH_JSON) $(PY) -m cluster.bench --quick

@@ -1,24 +1,35 @@
 """Benchmark a local three-replica cluster: throughput, latency, and the write gap after a leader SIGKILL.
 
-    python -m cluster.bench [--seconds 5] [--gap-rounds 5] [--out results.json]
+    python -m cluster.bench [--quick] [--seconds 5] [--gap-rounds 10] [--out bench/results.json]
+    make bench          # the full run; JSON to $BENCH_JSON (default bench/results.json)
+    make bench-quick    # a shorter run (under two minutes)
 
 Starts its own cluster (``cluster.local``: free loopback ports, temporary
 data directory on this disk, synced LMDB) and measures, from one client
-process (asyncio, one gRPC channel per replica):
+process (asyncio, one gRPC channel to the leader):
 
 * single-transfer clients: 1, 16 and 64 concurrent callers, each sending one
   transfer per request and waiting for its answer;
-* batches of 1,000 transfers per request: 1 and 4 concurrent callers;
-* 256 concurrent single-transfer callers through ``ledger.client.Batcher``
-  (one request carries what all callers handed in within a millisecond);
+* batched clients: 4 concurrent callers sending 1,000 (and, in the full run,
+  8,000) transfers per request;
+* the full run also repeats the batched load over 1,000,000 accounts (the
+  account-count scaling check) and 256 callers through ``ledger.client.Batcher``;
 * the write gap after a leader SIGKILL: a writer sends one transfer at a
-  time; the leader is killed; the gap is the time between the last answer
-  before the kill and the first answer after it (the client's own leader
-  discovery and retries included). Repeated ``--gap-rounds`` times, the
-  killed replica restarted and caught up in between.
+  time through ``AsyncClient`` (leader discovery and retries included); the
+  leader is killed; the gap is the time between the last answer before the
+  kill and the first answer after it. Repeated ``--gap-rounds`` times, the
+  killed replica restarted and caught up in between. Elections other than the
+  ones the kills cause are counted (``spurious_leader_changes``).
+
+The load generator must not be what is measured: requests are encoded
+straight to protobuf wire bytes (a transfer costs ~0.5 us to encode that way
+against ~40 us through ``ledger.model.Transfer`` and ``client.transfer_pb``)
+and sent on a raw gRPC method to the leader. Every answer is checked: each
+event must be ``ok`` (or ``exists`` after a retry).
 
 Figures depend on the machine: on 2 shared cores all three replicas and the
-client compete for CPU, and every write is fsynced on every replica.
+client compete for CPU, and every write is fsynced on every replica. The
+load average is recorded with each figure; repeat runs and compare medians.
 """
 
 from __future__ import annotations
@@ -26,15 +37,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
+from pathlib import Path
+
+import grpc
 
 from cluster.local import LocalCluster, wait_until
+from ledger.api_proto import pb
 from ledger.client import AsyncClient, Batcher
-from ledger.model import Account, Transfer
+from ledger.model import Transfer
 
 LEDGER = 1
-ACCOUNTS = 100
+ACCOUNTS = 10_000
+ACCOUNTS_LARGE = 1_000_000
+REPLICAS = 3
+FSYNC = "on: LMDB synced commit on every replica (sync=True)"
+_CREATE_TRANSFERS = "/ledgerdb.v1.Ledger/CreateTransfers"
+_CREATE_ACCOUNTS = "/ledgerdb.v1.Ledger/CreateAccounts"
+_U128_ONE = (1).to_bytes(16, "big")
+_ATTEMPT_TIMEOUT_S = 30.0
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -42,6 +65,23 @@ def _percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     i = min(len(sorted_values) - 1, int(q * len(sorted_values)))
     return sorted_values[i]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 class Ids:
@@ -54,47 +94,157 @@ class Ids:
         return r
 
 
-async def _load(addresses, concurrency: int, batch: int, seconds: float, ids: Ids, batcher: bool = False) -> dict:
-    client = AsyncClient(addresses, timeout_s=30)
-    packer = Batcher(client) if batcher else None
+class TransferEncoder:
+    """CreateTransfersRequest wire bytes, one varying id per transfer.
+
+    A transfer is field 1 (id) followed by a precomputed tail per
+    (debit, credit) pair; equal to ``pb.Transfer(...).SerializeToString()``.
+    """
+
+    def __init__(self, accounts: int) -> None:
+        self.accounts = accounts
+        self._tails: dict[tuple[int, int], bytes] = {}
+
+    def _tail(self, debit: int, credit: int) -> bytes:
+        tail = self._tails.get((debit, credit))
+        if tail is None:
+            tail = pb.Transfer(debit_account_id=debit.to_bytes(16, "big"),
+                               credit_account_id=credit.to_bytes(16, "big"),
+                               amount=_U128_ONE, ledger=LEDGER, code=1).SerializeToString()
+            if len(self._tails) < 100_000:
+                self._tails[(debit, credit)] = tail
+        return tail
+
+    def request(self, ids: range, worker: int) -> bytes:
+        n = self.accounts
+        parts = []
+        for i in ids:
+            debit = 1 + (i * 7919) % n
+            credit = 1 + (debit + 1 + worker % (n - 1)) % n
+            if credit == debit:
+                credit = 1 + debit % n
+            body = b"\x0a\x10" + i.to_bytes(16, "big") + self._tail(debit, credit)
+            parts.append(b"\x0a" + _varint(len(body)) + body)
+        return b"".join(parts)
+
+
+def _accounts_request(ids: range) -> bytes:
+    tail = pb.Account(ledger=LEDGER, code=1).SerializeToString()
+    return b"".join(_field(1, b"\x0a\x10" + i.to_bytes(16, "big") + tail) for i in ids)
+
+
+class Leader:
+    """A raw channel to the current leader; found again after an error."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.channel: grpc.aio.Channel | None = None
+        self.address = ""
+        self.errors = 0
+
+    async def find(self) -> None:
+        rid = await asyncio.to_thread(self.cluster.wait_leader)
+        address = self.cluster.addresses[rid]
+        if address != self.address:
+            if self.channel is not None:
+                await self.channel.close()
+            self.address = address
+            self.channel = grpc.aio.insecure_channel(address, options=[
+                ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+            self.transfers = self.channel.unary_unary(
+                _CREATE_TRANSFERS, response_deserializer=pb.CreateTransfersResponse.FromString)
+            self.accounts = self.channel.unary_unary(
+                _CREATE_ACCOUNTS, response_deserializer=pb.CreateAccountsResponse.FromString)
+
+    async def call(self, method: str, request: bytes, events: int):
+        while True:
+            try:
+                response = await getattr(self, method)(request, timeout=_ATTEMPT_TIMEOUT_S)
+            except grpc.aio.AioRpcError as e:
+                self.errors += 1
+                if self.errors > 50:
+                    raise
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    await asyncio.sleep(0.01)
+                else:
+                    await self.find()
+                continue  # the same ids again: answered ok or exists
+            results = response.results
+            assert len(results) == events, (len(results), events)
+            for r in results:
+                if r.code:
+                    assert r.name == "exists", (r.index, r.name)
+            return
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+
+async def _create_accounts(cluster: LocalCluster, first: int, count: int) -> None:
+    leader = Leader(cluster)
+    await leader.find()
+    ids = Ids(first)
+    step = 8_000
+    sem = asyncio.Semaphore(4)
+
+    async def one(r: range) -> None:
+        async with sem:
+            await leader.call("accounts", _accounts_request(r), len(r))
+
+    await asyncio.gather(*(one(ids.take(min(step, first + count - ids.next)))
+                           for _ in range((count + step - 1) // step)))
+    await leader.close()
+
+
+async def _load(cluster: LocalCluster, concurrency: int, batch: int, seconds: float, ids: Ids,
+                accounts: int, batcher: bool = False) -> dict:
     latencies: list[float] = []
     transfers = 0
-    stop_at = time.monotonic() + seconds
+    encoder = TransferEncoder(accounts)
+    leader = Leader(cluster)
+    await leader.find()
+    client = AsyncClient(list(cluster.addresses.values()), timeout_s=30) if batcher else None
+    packer = Batcher(client) if client is not None else None
+    load_before = os.getloadavg()[0]
 
     async def worker(w: int) -> None:
         nonlocal transfers
         while time.monotonic() < stop_at:
-            events = [
-                Transfer(id=i, debit_account_id=1 + i % ACCOUNTS,
-                         credit_account_id=1 + (i + 1 + w % (ACCOUNTS - 1)) % ACCOUNTS,
-                         amount=1, ledger=LEDGER, code=1)
-                for i in ids.take(batch)
-            ]
-            t0 = time.perf_counter()
+            r = ids.take(batch)
             if packer is not None:
-                results = [await packer.create_transfer(events[0])]
+                i = r[0]
+                t0 = time.perf_counter()
+                result = await packer.create_transfer(Transfer(
+                    id=i, debit_account_id=1 + i % accounts, credit_account_id=1 + (i + 1) % accounts,
+                    amount=1, ledger=LEDGER, code=1))
+                assert result.name in ("ok", "exists"), result
             else:
-                results = await client.create_transfers(events)
+                request = encoder.request(r, w)
+                t0 = time.perf_counter()
+                await leader.call("transfers", request, batch)
             latencies.append(time.perf_counter() - t0)
-            bad = [r for r in results if r.name not in ("ok", "exists")]
-            assert not bad, bad[:3]
-            transfers += len(events)
+            transfers += batch
 
-    # Warm up the channels and find the leader first.
-    await client.create_transfers([Transfer(id=i, debit_account_id=1, credit_account_id=2, amount=1,
-                                            ledger=LEDGER, code=1) for i in ids.take(1)])
+    # Warm up the channel (and the leader's caches) first.
+    await leader.call("transfers", encoder.request(ids.take(batch), 0), batch)
+    stop_at = time.monotonic() + seconds
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - t0
-    await client.close()
+    await leader.close()
+    if client is not None:
+        await client.close()
     latencies.sort()
     return {
-        "concurrency": concurrency, "events_per_request": batch, "batcher": batcher, "seconds": round(elapsed, 2),
+        "clients": concurrency, "batch_size": batch, "batcher": batcher, "accounts": accounts,
+        "replicas": REPLICAS, "fsync": FSYNC, "seconds": round(elapsed, 2),
         "requests": len(latencies), "transfers": transfers,
         "transfers_per_s": round(transfers / elapsed),
         "p50_ms": round(_percentile(latencies, 0.50) * 1e3, 2),
         "p99_ms": round(_percentile(latencies, 0.99) * 1e3, 2),
-        "client_retries": client.retries,
+        "client_errors": leader.errors,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -130,51 +280,124 @@ async def _gap_round(cluster: LocalCluster, ids: Ids) -> float:
     return after - before
 
 
+def _leader_ballot(cluster: LocalCluster) -> str:
+    rid = cluster.wait_leader()
+    return str(cluster.statuses()[rid].ballot)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load run")
-    parser.add_argument("--gap-rounds", type=int, default=5)
-    parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter scenarios (under two minutes)")
+    parser.add_argument("--seconds", type=float, help="duration of each load run (default 5; quick 3)")
+    parser.add_argument("--gap-rounds", type=int, help="leader kills (default 10; quick 3)")
+    parser.add_argument("--out", default=os.environ.get("BENCH_JSON", "bench/results.json"),
+                        help="write the figures as JSON here (default $BENCH_JSON or bench/results.json)")
     args = parser.parse_args(argv)
+    seconds = args.seconds or (3.0 if args.quick else 5.0)
+    gap_rounds = args.gap_rounds if args.gap_rounds is not None else (3 if args.quick else 10)
+    # (clients, events per request, through Batcher, accounts)
+    scenarios = [(1, 1, False, ACCOUNTS), (16, 1, False, ACCOUNTS), (64, 1, False, ACCOUNTS),
+                 (4, 1000, False, ACCOUNTS)]
+    if not args.quick:
+        scenarios += [(4, 8000, False, ACCOUNTS), (256, 1, True, ACCOUNTS), (4, 1000, False, ACCOUNTS_LARGE)]
 
-    cluster = LocalCluster(3, cluster_id="bench")
-    results: dict = {"load": [], "write_gap_ms": []}
+    started = time.time()
+    cluster = LocalCluster(REPLICAS, cluster_id="bench")
+    results: dict = {
+        "mode": "quick" if args.quick else "full", "started_unix": round(started),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+        "load": [], "write_gap_ms": [],
+    }
+    print(f"bench ({results['mode']}): {REPLICAS} replicas on loopback, fsync {FSYNC}; "
+          f"load average {results['load_average_start'][0]:.2f} on {os.cpu_count()} cores", flush=True)
     try:
         cluster.start()
-        addresses = list(cluster.addresses.values())
-        with cluster.client() as c:
-            codes = c.create_accounts([Account(id=i, ledger=LEDGER, code=1) for i in range(1, ACCOUNTS + 1)])
-            assert all(r.name == "ok" for r in codes), codes[:3]
-        ids = Ids(1_000_000)
-        for concurrency, batch, batcher in ((1, 1, False), (16, 1, False), (64, 1, False), (1, 1000, False),
-                                            (4, 1000, False), (256, 1, True)):
-            row = asyncio.run(_load(addresses, concurrency, batch, args.seconds, ids, batcher))
+        asyncio.run(_create_accounts(cluster, 1, ACCOUNTS))
+        accounts_made = ACCOUNTS
+        ids = Ids(1_000_000_000)
+        print(f"{'clients':>7} {'events/req':>10} {'accounts':>9} {'transfers/s':>12} {'p50 ms':>8} "
+              f"{'p99 ms':>8} {'requests':>9} {'load':>5}", flush=True)
+        ballot_before = _leader_ballot(cluster)
+        for concurrency, batch, batcher, accounts in scenarios:
+            if accounts > accounts_made:
+                t0 = time.monotonic()
+                asyncio.run(_create_accounts(cluster, accounts_made + 1, accounts - accounts_made))
+                print(f"(created {accounts - accounts_made} more accounts in {time.monotonic() - t0:.1f} s)",
+                      flush=True)
+                accounts_made = accounts
+            row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher))
             results["load"].append(row)
-            how = "via Batcher " if batcher else ""
-            print(
-                f"clients {concurrency:>3}  {how}events/request {batch:>5}: {row['transfers_per_s']:>7} transfers/s  "
-                f"p50 {row['p50_ms']:>8.2f} ms  p99 {row['p99_ms']:>8.2f} ms  ({row['requests']} requests)",
-                flush=True,
-            )
-        for _ in range(args.gap_rounds):
+            how = " (Batcher)" if batcher else ""
+            print(f"{concurrency:>7} {batch:>10} {accounts:>9} {row['transfers_per_s']:>12} {row['p50_ms']:>8.2f} "
+                  f"{row['p99_ms']:>8.2f} {row['requests']:>9} {row['load_average'][1]:>5.1f}{how}", flush=True)
+        ballot_after = _leader_ballot(cluster)
+        results["spurious_leader_changes"] = int(ballot_after != ballot_before)
+        results["leader_ballot_before_after_load"] = [ballot_before, ballot_after]
+        for _ in range(gap_rounds):
             gap = asyncio.run(_gap_round(cluster, ids))
             results["write_gap_ms"].append(round(gap * 1e3, 1))
             print(f"write gap after leader SIGKILL: {gap * 1e3:.0f} ms", flush=True)
-        if results["write_gap_ms"]:
-            gaps = results["write_gap_ms"]
-            results["write_gap_median_ms"] = statistics.median(gaps)
-            results["write_gap_max_ms"] = max(gaps)
-            print(f"write gap: median {statistics.median(gaps):.0f} ms, max {max(gaps):.0f} ms "
-                  f"over {len(gaps)} kills")
         digest = cluster.wait_converged()
         results["final_state_digest"] = digest
         print(f"all replicas converged to digest {digest[:16]}")
     finally:
         cluster.stop()
+    _summarize(results, seconds, gap_rounds)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
+        print(f"figures written to {args.out}")
     return 0
+
+
+def _summarize(results: dict, seconds: float, gap_rounds: int) -> None:
+    """The headline keys (issue 8), each with the conditions it was measured under."""
+    rows = results["load"]
+    base = {"replicas": REPLICAS, "fsync": FSYNC, "seconds": seconds}
+    batched = [r for r in rows if r["batch_size"] >= 1000 and r["accounts"] == ACCOUNTS]
+    if batched:
+        best = max(batched, key=lambda r: r["transfers_per_s"])
+        results["batched_transfers_per_s"] = best["transfers_per_s"]
+        results["batched_conditions"] = dict(base, clients=best["clients"], batch_size=best["batch_size"],
+                                             accounts=best["accounts"])
+    single = [r for r in rows if r["batch_size"] == 1 and r["clients"] == 64 and not r["batcher"]]
+    if single:
+        results["single_transfers_per_s"] = single[0]["transfers_per_s"]
+        results["single_p99_ms"] = single[0]["p99_ms"]
+        results["single_conditions"] = dict(base, clients=64, batch_size=1, accounts=single[0]["accounts"])
+    one = [r for r in rows if r["batch_size"] == 1 and r["clients"] == 1]
+    if one:
+        results["single_client_p50_ms"] = one[0]["p50_ms"]
+        results["single_client_conditions"] = dict(base, clients=1, batch_size=1, accounts=one[0]["accounts"])
+    large = [r for r in rows if r["accounts"] == ACCOUNTS_LARGE]
+    small = [r for r in rows if r["accounts"] == ACCOUNTS and r["clients"] == 4 and r["batch_size"] == 1000]
+    if large and small:
+        results["accounts_scaling"] = {
+            "accounts": [ACCOUNTS, ACCOUNTS_LARGE],
+            "batched_transfers_per_s": [small[0]["transfers_per_s"], large[0]["transfers_per_s"]],
+            "conditions": dict(base, clients=4, batch_size=1000),
+        }
+    gaps = results["write_gap_ms"]
+    if gaps:
+        results["failover_ms_median"] = statistics.median(gaps)
+        results["failover_ms_max"] = max(gaps)
+        results["failover_conditions"] = dict(
+            base, kills=len(gaps), clients=1, batch_size=1,
+            what="leader SIGKILL under a one-transfer-at-a-time writer; gap between answers")
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print()
+    print("summary")
+    for key, unit in (("batched_transfers_per_s", "/s"), ("single_transfers_per_s", "/s"),
+                      ("single_p99_ms", " ms"), ("single_client_p50_ms", " ms"),
+                      ("failover_ms_median", " ms"), ("failover_ms_max", " ms")):
+        if key in results:
+            print(f"  {key:<26} {results[key]}{unit}")
+    if "accounts_scaling" in results:
+        s = results["accounts_scaling"]
+        print(f"  accounts {s['accounts'][0]:,} -> {s['accounts'][1]:,}: "
+              f"{s['batched_transfers_per_s'][0]} -> {s['batched_transfers_per_s'][1]} transfers/s")
+    print(f"  load average {results['load_average_start'][0]} -> {results['load_average_end'][0]}")
 
 
 if __name__ == "__main__":
