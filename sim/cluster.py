@@ -55,6 +55,7 @@ class FaultProfile:
     membership_rate: float  # membership changes per leader tick
     compact_rate: float  # snapshots + log compaction per replica tick
     leader_fault_rate: float  # per leader tick: crash or cut off the leader itself
+    window_slots: int  # the pipeline window, which is also the membership alpha
 
     @classmethod
     def draw(cls, rng: random.Random, replicas: int | None, drift_bound: float) -> "FaultProfile":
@@ -72,6 +73,7 @@ class FaultProfile:
             membership_rate=rng.choice([0.0, 0.003, 0.01]),
             compact_rate=rng.choice([0.0, 0.005, 0.02]),
             leader_fault_rate=rng.choice([0.0, 0.005, 0.02, 0.05]),
+            window_slots=rng.choice([2, 4, 16, 256, 256]),
         )
 
     def describe(self) -> str:
@@ -81,7 +83,7 @@ class FaultProfile:
             f"crash={self.crash_rate} mid_step={self.crash_mid_step} partition={self.partition_rate} "
             f"pause={self.pause_rate} propose={self.propose_rate} read={self.read_rate} drift={self.drift:.3f} "
             f"transfer={self.transfer_rate} membership={self.membership_rate} compact={self.compact_rate} "
-            f"leader_fault={self.leader_fault_rate}"
+            f"leader_fault={self.leader_fault_rate} window={self.window_slots}"
         )
 
 
@@ -166,7 +168,13 @@ class Simulation:
 
     def _config(self, rid: int) -> Config:
         learners = () if rid in self.voters0 else (rid,)
-        return Config(replica_id=rid, replica_ids=self.voters0, learner_ids=learners)
+        return Config(
+            replica_id=rid,
+            replica_ids=self.voters0,
+            learner_ids=learners,
+            window_slots_max=self.profile.window_slots,
+            promise_chosen_slots_max=max(1024, self.profile.window_slots),
+        )
 
     def _boot(self, node: _Node) -> None:
         durable = node.storage.load()
