@@ -6,6 +6,7 @@
     python -m cluster restart r2                   start it again (stopping it first if alive)
     python -m cluster down                         stop every replica (SIGTERM, then SIGKILL)
     python -m cluster run one-city [--data DIR]    up + a live status view until Ctrl-C, then down
+    python -m cluster certs one-city [--out DIR]   cluster CA + replica, admin, client certificates
 
 The run directory (``--data DIR``, default ``data/<cluster_id>``) holds each
 replica's data directory (``DIR/<id>``), its log (``DIR/<id>.log``) and the
@@ -15,6 +16,14 @@ find it; with ``--data``, pass the same ``--data`` to later commands.
 
 A PID is only signalled after checking, in /proc, that it still runs
 ``ledger.server`` for that replica, so a recycled PID is never killed.
+
+TLS: a topology with ``[tls] cert_dir`` (every shipped one) runs with mutual
+TLS. ``up`` and ``run`` make the certificates there when any is missing
+(``python -m cluster certs``), so ``make run`` needs no manual step; the state
+file records the cert dir so that ``status`` and ``ledgerctl`` find it. The
+launcher's own status calls use the admin certificate. A topology without
+``[tls]`` runs in plaintext, which the replicas allow on loopback addresses
+only, with a warning in their logs.
 """
 
 from __future__ import annotations
@@ -92,7 +101,7 @@ def pid_runs_replica(pid: int, replica_id: str) -> bool:
     return b"ledger.server" in cmdline and replica_id.encode() in cmdline
 
 
-def spawn(topology_path: Path, spec: topo.ReplicaSpec, run_dir: Path) -> int:
+def spawn(topology_path: Path, spec: topo.ReplicaSpec, run_dir: Path, cert_dir: str | None = None) -> int:
     data_dir = run_dir / spec.id
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / f"{spec.id}.log", "ab")
@@ -100,7 +109,7 @@ def spawn(topology_path: Path, spec: topo.ReplicaSpec, run_dir: Path) -> int:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ledger.server", "--topology", str(topology_path), "--id", spec.id,
-         "--data", str(data_dir)],
+         "--data", str(data_dir)] + (["--cert-dir", cert_dir] if cert_dir else []),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         cwd=str(ROOT), env=env, start_new_session=True,
     )
@@ -141,13 +150,20 @@ def stop_pid(pid: int, replica_id: str, timeout_s: float = STOP_WAIT_S) -> None:
 # ---------------------------------------------------------------- status
 
 
-async def _status_one(spec: topo.ReplicaSpec, timeout_s: float = 1.0) -> dict | None:
-    import grpc
+def _admin_tls(state: dict):
+    """The admin credentials of a cluster started with TLS (None: plaintext)."""
+    from cluster.certs import TlsCredentials
 
+    cert_dir = state.get("cert_dir")
+    return TlsCredentials.from_cert_dir(Path(cert_dir), "admin") if cert_dir else None
+
+
+async def _status_one(spec: topo.ReplicaSpec, timeout_s: float = 1.0, tls=None) -> dict | None:
+    from cluster.certs import open_channel
     from ledger.api_proto import pb, pb_grpc
 
     try:
-        async with grpc.aio.insecure_channel(spec.address) as ch:
+        async with open_channel(spec.address, tls) as ch:
             resp = await pb_grpc.ClusterStub(ch).Status(pb.StatusRequest(all=False), timeout=timeout_s)
     except Exception:
         return None
@@ -160,9 +176,10 @@ async def _status_one(spec: topo.ReplicaSpec, timeout_s: float = 1.0) -> dict | 
 
 def cluster_status(state: dict) -> list[dict]:
     topology = topo.load(state["topology"])
+    tls = _admin_tls(state)
 
     async def gather():
-        return await asyncio.gather(*(_status_one(r) for r in topology.replicas))
+        return await asyncio.gather(*(_status_one(r, tls=tls) for r in topology.replicas))
 
     answers = asyncio.run(gather())
     rows = []
@@ -220,12 +237,13 @@ def cmd_up(args) -> int:
                 f"replicas {', '.join(running)} of {run_dir} are already running; "
                 "`python -m cluster down` first (or use another --data)"
             )
+    cert_dir = ensure_certs(topology)
     state = {
         "topology": str(topology.path.resolve()), "cluster_id": topology.cluster_id,
-        "run_dir": str(run_dir), "pids": {},
+        "run_dir": str(run_dir), "pids": {}, "cert_dir": cert_dir,
     }
     for spec in topology.replicas:
-        state["pids"][spec.id] = spawn(topology.path.resolve(), spec, run_dir)
+        state["pids"][spec.id] = spawn(topology.path.resolve(), spec, run_dir, cert_dir)
     save_state(run_dir, state)
     if not getattr(args, "data", None):
         CURRENT.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +270,21 @@ def cmd_up(args) -> int:
         pids = " ".join(f"{rid}={pid}" for rid, pid in state["pids"].items())
         print(f"cluster {topology.cluster_id} is up (leader {leader}); pids {pids}; data and logs in {run_dir}")
     return 0
+
+
+def ensure_certs(topology: topo.Topology) -> str | None:
+    """The absolute cert dir of a TLS topology, with every certificate made if missing (None: plaintext)."""
+    if topology.tls_cert_dir is None:
+        if topology.all_loopback:
+            print(f"warning: {topology.path} has no [tls] table: the cluster runs in PLAINTEXT on loopback, "
+                  "with no certificates checked (a dev cluster only)", file=sys.stderr)
+        return None
+    from cluster import certs
+
+    cert_dir, written = certs.generate_for_topology(topology, topology.tls_cert_dir.resolve())
+    if written:
+        print(f"made TLS certificates for cluster {topology.cluster_id} in {cert_dir}", file=sys.stderr)
+    return str(cert_dir)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -295,7 +328,7 @@ def cmd_restart(args) -> int:
     topology = topo.load(state["topology"])
     spec = topology.replica(args.id)
     stop_pid(state["pids"].get(args.id, 0), args.id)
-    state["pids"][args.id] = spawn(Path(state["topology"]), spec, run_dir)
+    state["pids"][args.id] = spawn(Path(state["topology"]), spec, run_dir, state.get("cert_dir"))
     save_state(run_dir, state)
     print(f"restarted {args.id} (pid {state['pids'][args.id]})")
     return 0
@@ -388,10 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     data_arg(p)
     p.set_defaults(func=cmd_down)
 
+    sub.add_parser("certs", help="make the cluster CA and certificates (see cluster.certs)", add_help=False)
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "certs":
+        from cluster import certs
+
+        return certs.main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (LauncherError, topo.TopologyError) as e:
+    except (LauncherError, topo.TopologyError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

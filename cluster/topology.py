@@ -8,6 +8,10 @@ A topology is a TOML file::
     [timing]                          # optional
     tick_ms = 10                      # the consensus clock period
 
+    [tls]                             # optional: mutual TLS (see cluster.certs)
+    cert_dir = "data/one-city/certs"  # ca.pem, <id>.pem/.key, admin.*, client.*;
+                                      # relative paths: to the working directory
+
     [[replica]]
     id = "r1"                         # "r" + a number 1..65535 (the consensus id)
     city = "frankfurt"
@@ -16,15 +20,21 @@ A topology is a TOML file::
     metrics_port = 9101               # Prometheus metrics over HTTP
     data_dir = "data/one-city/r1"     # relative paths: to the working directory
 
+Without a ``[tls]`` table the cluster runs in plaintext, which the replicas
+accept only when every address is loopback (``Topology.all_loopback``); every
+shipped topology names a cert dir, and ``python -m cluster up`` makes the
+certificates there on first use (``python -m cluster certs``).
+
 ``load`` validates everything and raises ``TopologyError`` naming the file,
 the replica and the fix.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parent / "topologies"
@@ -65,6 +75,12 @@ class Topology:
     primary_zone: str
     tick_ms: int
     replicas: tuple[ReplicaSpec, ...]
+    tls_cert_dir: Path | None = None  # None: plaintext (loopback only)
+
+    @property
+    def all_loopback(self) -> bool:
+        """True if every replica address is a loopback address (plaintext is allowed then)."""
+        return all(is_loopback_host(r.host) for r in self.replicas)
 
     def replica(self, replica_id: str) -> ReplicaSpec:
         for r in self.replicas:
@@ -85,7 +101,16 @@ class Topology:
             ReplicaSpec(r.id, r.number, r.city, r.data_center, r.address, r.metrics_port, root / r.id)
             for r in self.replicas
         )
-        return Topology(self.path, self.cluster_id, self.primary_zone, self.tick_ms, replicas)
+        return replace(self, replicas=replicas)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _ID = re.compile(r"^r([1-9][0-9]{0,4})$")
@@ -146,4 +171,10 @@ def load(name_or_path: str | Path) -> Topology:
     need(len(set(ports)) == len(ports), "metrics ports must be distinct")
     zones = {r.data_center for r in replicas} | {r.city for r in replicas}
     need(not primary_zone or primary_zone in zones, f"primary_zone {primary_zone!r} names no city or data center")
-    return Topology(path, cluster_id, primary_zone, tick_ms, tuple(replicas))
+    tls = doc.get("tls", {})
+    need(isinstance(tls, dict), "[tls] must be a table")
+    unknown = set(tls) - {"cert_dir"}
+    need(not unknown, f"[tls]: unknown keys {sorted(unknown)} (known: cert_dir)")
+    cert_dir = tls.get("cert_dir")
+    need(cert_dir is None or (isinstance(cert_dir, str) and cert_dir), "[tls] cert_dir must be a non-empty string")
+    return Topology(path, cluster_id, primary_zone, tick_ms, tuple(replicas), Path(cert_dir) if cert_dir else None)

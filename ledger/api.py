@@ -21,6 +21,7 @@ import time
 import grpc
 
 from cluster import topology as topo
+from cluster.certs import TlsCredentials, open_channel
 from ledger import commands as cmd
 from ledger import errors
 from ledger import server_sm as sm
@@ -227,9 +228,10 @@ def _guard(method):
 
 
 class _Base:
-    def __init__(self, driver, topology: topo.Topology) -> None:
+    def __init__(self, driver, topology: topo.Topology, tls: TlsCredentials | None = None) -> None:
         self.driver = driver
         self.topology = topology
+        self.tls = tls  # this replica's own credentials, for asking its peers
 
     async def _read(self, read_options, context, query):
         """Run ``query(tables)`` linearizably (default) or on local state."""
@@ -430,7 +432,7 @@ class ClusterService(_Base, pb_grpc.ClusterServicer):
     async def _peer_statuses(self) -> dict:
         async def ask(spec: topo.ReplicaSpec):
             try:
-                async with grpc.aio.insecure_channel(spec.address) as ch:
+                async with open_channel(spec.address, self.tls) as ch:
                     resp = await pb_grpc.ClusterStub(ch).Status(
                         pb.StatusRequest(all=False), timeout=STATUS_PEER_TIMEOUT_S
                     )
@@ -459,8 +461,9 @@ def _unreachable(spec: topo.ReplicaSpec):
     )
 
 
-def add_services(server, driver, topology: topo.Topology) -> None:
+def add_services(server, driver, topology: topo.Topology, tls: TlsCredentials | None = None) -> None:
+    """Register the public services; who may call which is ``ledger.server_auth``'s policy."""
     pb_grpc.add_LedgerServicer_to_server(LedgerService(driver, topology), server)
     pb_grpc.add_KVServicer_to_server(KVService(driver, topology), server)
-    pb_grpc.add_ClusterServicer_to_server(ClusterService(driver, topology), server)
+    pb_grpc.add_ClusterServicer_to_server(ClusterService(driver, topology, tls), server)
 

@@ -28,6 +28,13 @@ connection, lost leadership) raises ``errors.OutcomeUnknown``.
 
 ``Batcher`` groups single events from many concurrent callers into requests
 of up to 8,190 events.
+
+TLS: a cluster with a ``[tls]`` table in its topology accepts only callers
+with a certificate of its CA; pass ``tls=TlsCredentials.from_cert_dir(dir,
+"client")`` (or ``"admin"`` for admin calls such as ``transfer_leader``), or
+use ``for_topology(path, identity="client")``, which reads the topology's cert
+dir. Calls refused for the identity raise ``errors.PermissionDenied`` or
+``errors.Unauthenticated`` and are not retried.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any, Iterable, Sequence
 
 import grpc
 
+from cluster.certs import TlsCredentials, open_channel
 from ledger import errors
 from ledger.api_proto import pb, pb_grpc
 from ledger.model import Account, AccountBalance, Transfer
@@ -125,6 +133,16 @@ def transfer_model(t) -> Transfer:
     )
 
 
+def topology_args(topology_path: str, identity: str, kwargs: dict) -> tuple[list[str]]:
+    """The addresses of a topology; puts its ``identity`` credentials into ``kwargs`` if it uses TLS."""
+    from cluster import topology
+
+    t = topology.load(topology_path)
+    if t.tls_cert_dir is not None and kwargs.get("tls") is None:
+        kwargs["tls"] = TlsCredentials.from_cert_dir(t.tls_cert_dir, identity)
+    return ([r.address for r in t.replicas],)
+
+
 _STUBS = {
     "Ledger": pb_grpc.LedgerStub,
     "KV": pb_grpc.KVStub,
@@ -141,10 +159,12 @@ class AsyncClient:
         *,
         timeout_s: float = TIMEOUT_S_DEFAULT,
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S_DEFAULT,
+        tls: TlsCredentials | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("give at least one replica address (host:port)")
         self.addresses = list(addresses)
+        self.tls = tls
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -153,10 +173,8 @@ class AsyncClient:
         self.retries = 0  # attempts beyond the first, for tests and benchmarks
 
     @classmethod
-    def for_topology(cls, topology_path: str, **kwargs) -> "AsyncClient":
-        from cluster import topology
-
-        return cls([r.address for r in topology.load(topology_path).replicas], **kwargs)
+    def for_topology(cls, topology_path: str, identity: str = "client", **kwargs) -> "AsyncClient":
+        return cls(*topology_args(topology_path, identity, kwargs), **kwargs)
 
     async def close(self) -> None:
         for ch in self._channels.values():
@@ -172,7 +190,7 @@ class AsyncClient:
     def _stub(self, address: str, service: str):
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = self._channels[address] = open_channel(address, self.tls, CHANNEL_OPTIONS)
         return _STUBS[service](ch)
 
     def _pick(self) -> str:
@@ -440,10 +458,8 @@ class Client:
         self._async = AsyncClient(addresses, **kwargs)
 
     @classmethod
-    def for_topology(cls, topology_path: str, **kwargs) -> "Client":
-        from cluster import topology
-
-        return cls([r.address for r in topology.load(topology_path).replicas], **kwargs)
+    def for_topology(cls, topology_path: str, identity: str = "client", **kwargs) -> "Client":
+        return cls(*topology_args(topology_path, identity, kwargs), **kwargs)
 
     @property
     def retries(self) -> int:

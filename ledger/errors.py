@@ -3,7 +3,9 @@
     LedgerError                      base; never raised itself
     ├── RequestError                 the caller is at fault: fix the request
     │   ├── InvalidArgument          malformed field, bad 128-bit length, empty batch
-    │   └── BatchTooLarge            more events than one request may carry
+    │   ├── BatchTooLarge            more events (or bytes) than one request may carry
+    │   ├── Unauthenticated          no certificate of this cluster (mutual TLS)
+    │   └── PermissionDenied         the caller's identity may not do this (admin only)
     ├── ClusterError                 the cluster cannot serve now: retry (same ids)
     │   ├── NotLeader                this replica does not lead; names the leader if known
     │   ├── Overloaded               the proposal queue is full; back off
@@ -48,6 +50,14 @@ class BatchTooLarge(RequestError):
     pass
 
 
+class Unauthenticated(RequestError):
+    pass
+
+
+class PermissionDenied(RequestError):
+    pass
+
+
 class ClusterError(LedgerError):
     """The cluster could not serve the request now; retrying may succeed."""
 
@@ -79,6 +89,8 @@ class DeadlineExceeded(LedgerError):
 STATUS_CODES: dict[type[LedgerError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     BatchTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     NotLeader: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OutcomeUnknown: grpc.StatusCode.UNAVAILABLE,
@@ -114,5 +126,7 @@ def from_status(code: grpc.StatusCode, details: str, metadata) -> LedgerError | 
         grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
         grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
         grpc.StatusCode.FAILED_PRECONDITION: ReplicaStopped,
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     }.get(code)
     return fallback(details) if fallback else None

@@ -15,6 +15,12 @@
     kv range [--prefix P | --start A --end B] [--limit N]
     leader transfer r2
 
+TLS: with a topology that has a ``[tls]`` table, ledgerctl connects with the
+certificates of its cert dir: the admin identity for admin commands (leader,
+members), the ordinary client identity for everything else; ``--identity``
+picks one, and ``--cert/--key/--ca`` (or ``--cert-dir``) give other files.
+With ``--address`` and none of these it connects in plaintext.
+
 Ids and amounts are decimal or 0x-hex integers up to 2**128-1. Reads are
 linearizable; ``--stale`` reads a replica's local state instead. Every command
 prints JSON with ``--json``. Errors say what went wrong and how to fix it, and
@@ -29,6 +35,7 @@ import json
 import os
 import sys
 
+from cluster.certs import CertError, TlsCredentials
 from ledger import errors
 from ledger.client import LINEARIZABLE, LOCAL, Client
 from ledger.model import U128_MAX, Account, AccountFlags, Transfer, TransferFlags
@@ -46,6 +53,35 @@ def _default_cluster() -> str:
 
 
 DEFAULT_CLUSTER = _default_cluster()
+# Commands that need the admin identity (ledger.server_auth's policy).
+ADMIN_COMMANDS = frozenset({"leader", "members"})
+
+
+def _recorded_cert_dir(topology_path: str) -> str | None:
+    """The absolute cert dir `python -m cluster up` recorded for this topology, if it is the current one."""
+    try:
+        run_dir = open(os.path.join("data", ".current")).read().strip()
+        with open(os.path.join(run_dir, "cluster.json")) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if os.path.realpath(state.get("topology", "")) == os.path.realpath(topology_path):
+        return state.get("cert_dir")
+    return None
+
+
+def tls_for(args, topology=None) -> TlsCredentials | None:
+    """The credentials to connect with (None: plaintext); see the module docstring."""
+    identity = args.identity or ("admin" if args.command in ADMIN_COMMANDS else "client")
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if any(given):
+        if not all(given):
+            raise UsageError("--cert, --key and --ca go together", "give all three PEM files, or --cert-dir DIR")
+        return TlsCredentials.load(args.tls_cert, args.tls_key, args.tls_ca)
+    cert_dir = args.cert_dir
+    if cert_dir is None and topology is not None and topology.tls_cert_dir is not None:
+        cert_dir = _recorded_cert_dir(str(topology.path)) or topology.tls_cert_dir
+    return TlsCredentials.from_cert_dir(cert_dir, identity) if cert_dir else None
 
 
 class UsageError(Exception):
@@ -264,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--deadline", dest="deadline_s", type=float, default=10.0,
                    help="seconds before giving up on the cluster (default 10)")
+    p.add_argument("--identity", choices=("admin", "client"),
+                   help="which certificate of the cert dir to use (default: admin for leader/members "
+                   "commands, client otherwise)")
+    p.add_argument("--cert-dir", help="cert dir (default: the topology's [tls] cert_dir)")
+    p.add_argument("--cert", dest="tls_cert", help="client certificate (PEM); with --key and --ca")
+    p.add_argument("--key", dest="tls_key", help="private key of --cert (PEM)")
+    p.add_argument("--ca", dest="tls_ca", help="the cluster CA certificate (PEM)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def user_data(q):
@@ -350,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fix_for(e: Exception) -> str:
+    if isinstance(e, errors.PermissionDenied):
+        return "this needs the admin identity: --identity admin, or the admin certificate with --cert/--key/--ca"
+    if isinstance(e, errors.Unauthenticated):
+        return "connect with a certificate of this cluster's CA (--cert-dir, or --cert/--key/--ca)"
     if isinstance(e, errors.NotLeader):
         return "start the cluster (python -m cluster up one-city) or check that a majority of replicas runs"
     if isinstance(e, errors.DeadlineExceeded):
@@ -379,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     try:
+        loaded = None
         if args.address:
             addresses = [a.strip() for a in args.address.split(",") if a.strip()]
         else:
@@ -386,10 +434,16 @@ def main(argv: list[str] | None = None) -> int:
 
             cluster = args.cluster or DEFAULT_CLUSTER
             try:
-                addresses = [r.address for r in topology.load(cluster).replicas]
+                loaded = topology.load(cluster)
             except topology.TopologyError as e:
                 return fail(str(e), "pass --cluster FILE (a topology TOML) or --address host:port,...", 2)
-        client = Client(addresses, timeout_s=args.deadline_s)
+            addresses = [r.address for r in loaded.replicas]
+        try:
+            tls = tls_for(args, loaded)
+        except CertError as e:
+            return fail(str(e), "run `python -m cluster certs <topology>` (or `python -m cluster up`), "
+                        "or pass --cert/--key/--ca", 2)
+        client = Client(addresses, timeout_s=args.deadline_s, tls=tls)
         try:
             out, text, code = args.func(client, args)
         finally:

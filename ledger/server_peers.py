@@ -13,6 +13,15 @@ reconnects with capped exponential backoff.
 Incoming frames are decoded strictly; a frame that fails (``WireError``) is
 dropped and counted, and a frame from another cluster ends that stream with
 FAILED_PRECONDITION so its sender's logs say why.
+
+With mutual TLS (``ledger.server_auth``) the streams are TLS connections (the
+handshake is per connection, not per frame) and only a replica certificate of
+this cluster may open one; every frame's sender id must then be the replica
+that certificate names, and its cluster id this cluster's (which the
+certificate's is too). Refused frames are counted by reason in
+``ledger_peer_frames_refused_total{reason}``: ``malformed``, ``cluster_id``,
+``wire_version``, ``not_member``, ``not_certificate`` (sender is another
+replica than the certificate's).
 """
 
 from __future__ import annotations
@@ -24,11 +33,14 @@ import time
 from typing import Callable, Iterable
 
 import grpc
+from prometheus_client import Counter
 
+from cluster.certs import TlsCredentials, open_channel
 from consensus.messages import Heartbeat, HeartbeatAck, Message
 from ledger import wire
 from ledger.api_proto import pb, pb_grpc
 from ledger.metrics import ReplicaMetrics, log
+from ledger.server_auth import peer_identity, replica_number
 
 OUTBOX_FRAMES_MAX = 1024
 RECONNECT_BACKOFF_MIN_S = 0.02
@@ -51,6 +63,7 @@ CHANNEL_OPTIONS = [
 
 
 FRAME_TARGET_BYTES = 8 * 1024 * 1024  # split a turn's messages to one peer above this
+REFUSE_REASONS = ("malformed", "cluster_id", "wire_version", "not_member", "not_certificate")
 
 
 def _payload_bytes(m: Message) -> int:
@@ -128,7 +141,7 @@ class PeerLink:
 
     async def _run(self) -> None:
         backoff = RECONNECT_BACKOFF_MIN_S
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(self.address, self.t.tls, CHANNEL_OPTIONS)
         stub = pb_grpc.PeerStub(self._channel)
         while True:
             connected_at = None
@@ -172,14 +185,27 @@ class PeerTransport:
         deliver: Callable[[list[Message]], None],
         metrics: ReplicaMetrics,
         logger: logging.Logger,
+        tls: TlsCredentials | None = None,
     ) -> None:
         self.cluster_id = cluster_id
+        self.tls = tls
         self.self_id = self_id
         self.deliver = deliver
         self.metrics = metrics
         self.logger = logger
         self.links = {pid: PeerLink(self, pid, name, addr) for pid, (name, addr) in peers.items()}
         self.refused_frames = 0
+        self.frames_refused = Counter(
+            "ledger_peer_frames_refused_total", "peer frames refused, by reason",
+            list(metrics._labels) + ["reason"], registry=metrics.registry,
+        )
+        for reason in REFUSE_REASONS:
+            metrics.labels(self.frames_refused, reason=reason)
+
+    def refuse(self, reason: str) -> None:
+        self.refused_frames += 1
+        self.metrics.labels(self.frames_refused, reason=reason).inc()
+        self.metrics.labels(self.metrics.wire_errors).inc()
 
     def start(self) -> None:
         for link in self.links.values():
@@ -227,19 +253,37 @@ class PeerServicer(pb_grpc.PeerServicer):
 
     async def Send(self, request_iterator, context):
         t = self.t
+        # With TLS the authorizer let only replica certificates of this cluster
+        # in; the frames must come from the replica the certificate names.
+        certified = None
+        if t.tls is not None:
+            identity = peer_identity(context)
+            certified = replica_number(identity) if identity is not None else None
+            if certified is None:
+                t.refuse("not_certificate")
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a peer stream needs a replica certificate")
         async for request in request_iterator:
             try:
                 sender, messages = wire.decode_frame(request.frame, t.cluster_id)
             except wire.WireError as e:
-                t.refused_frames += 1
-                t.metrics.labels(t.metrics.wire_errors).inc()
-                if "cluster id" in str(e) or "wire version" in str(e):
-                    log(t.logger, logging.ERROR, "refusing a peer stream", reason=str(e), peer=context.peer())
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-                log(t.logger, logging.WARNING, "dropped a bad peer frame", reason=str(e), peer=context.peer())
+                text = str(e)
+                reason = "cluster_id" if "cluster id" in text else "wire_version" if "wire version" in text else "malformed"
+                t.refuse(reason)
+                if reason != "malformed":
+                    log(t.logger, logging.ERROR, "refusing a peer stream", reason=text, peer=context.peer())
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, text)
+                log(t.logger, logging.WARNING, "dropped a bad peer frame", reason=text, peer=context.peer())
                 continue
+            if certified is not None and sender != certified:
+                t.refuse("not_certificate")
+                log(t.logger, logging.ERROR, "refusing a peer stream: frame sender is not the certificate's replica",
+                    sender=sender, certificate=f"r{certified}", peer=context.peer())
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"frames of sender {sender} on a stream of replica r{certified}'s certificate",
+                )
             if sender not in t.links:
-                t.metrics.labels(t.metrics.wire_errors).inc()
+                t.refuse("not_member")
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"sender {sender} is not a member of cluster {t.cluster_id!r}",
