@@ -25,6 +25,7 @@ Residuals: every rounding returns what it dropped, ``exact - rounded``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Generic, Hashable, Mapping, TypeVar
@@ -56,6 +57,11 @@ def _ceil(value: Fraction) -> int:
     return -((-value.numerator) // value.denominator)
 
 
+# A purchase is a pure function of its arguments: validation and booking of
+# the same order ask for it twice, so the last results are remembered.
+PURCHASE_CACHE_MAX = 4096
+
+
 @dataclass(frozen=True)
 class Purchase:
     """A purchase (022) or subscription (020) confirmed at ``nav``."""
@@ -75,6 +81,7 @@ class Purchase:
         assert self.value_residual == self.net - Fraction(self.shares * self.nav, NAV_SCALE)
 
 
+@functools.lru_cache(maxsize=PURCHASE_CACHE_MAX, typed=True)
 def purchase(
     amount: int,
     fee_rate: Fraction,

@@ -223,7 +223,7 @@ def reversal_id(original_id: int, attempt: int = 0) -> int:
 # ---------------------------------------------------------------- accounts
 
 
-@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX, typed=True)
 def holder_share_account_id(
     ta_code: str, fund_code: str, holder: HolderKey, share_class: str = ""
 ) -> int:
@@ -242,7 +242,7 @@ def holder_share_account_id(
     )
 
 
-@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX, typed=True)
 def issuance_account_id(ta_code: str, fund_code: str, share_class: str = "") -> int:
     """A fund's issuance account: its balance is the fund's total shares."""
     return _derive(
@@ -256,7 +256,7 @@ def issuance_account_id(ta_code: str, fund_code: str, share_class: str = "") -> 
     )
 
 
-@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX, typed=True)
 def distributor_settlement_account_id(ta_code: str, distributor_code: str) -> int:
     """A distributor's cash settlement account."""
     return _derive(
@@ -269,7 +269,7 @@ def distributor_settlement_account_id(ta_code: str, distributor_code: str) -> in
     )
 
 
-@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX)
+@functools.lru_cache(maxsize=ACCOUNT_ID_CACHE_MAX, typed=True)
 def fund_cash_account_id(ta_code: str, fund_code: str, kind: AccountKind) -> int:
     """One of a fund's cash accounts: FUND_ASSETS, FEE, RESIDUAL, DIVIDEND_PAYABLE."""
     if kind not in _FUND_CASH_KINDS:
