@@ -68,7 +68,11 @@ class Prepare(Message):
 
     ballot: Ballot
     from_slot: int
-    transfer: bool = False  # sent on the old leader's request: ignore stickiness
+    transfer: bool = False  # sent on the request of the leader of transfer_from
+    # The ballot of the leader that asked for the transfer. Only acceptors
+    # still following exactly that leader (which gave up its lease) waive
+    # stickiness; one that follows a newer leader protects that leader's lease.
+    transfer_from: Ballot = Ballot(0, 0)
 
 
 @dataclass(frozen=True, slots=True)

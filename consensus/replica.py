@@ -185,6 +185,7 @@ class Replica:
         self._campaign_from = 0
         self._votes: dict[int, Promise | None] = {}
         self._asked: set[int] = set()
+        self._transfer_from: Ballot = ZERO_BALLOT
         self._prevotes: set[int] = set()
         self._transfer_campaign = False
 
@@ -554,7 +555,8 @@ class Replica:
         for peer in self._peers():
             self._messages.append(PreVote(self.id, peer, ballot, self.chosen_below))
 
-    def _start_campaign(self, transfer: bool) -> None:
+    def _start_campaign(self, transfer: bool, transfer_from: Ballot = ZERO_BALLOT) -> None:
+        self._transfer_from = transfer_from
         self.role = Role.CANDIDATE
         self.leader_id = 0
         self._transfer_campaign = transfer
@@ -572,7 +574,7 @@ class Replica:
             self._become_leader()
             return
         for peer in self._peers():
-            self._messages.append(Prepare(self.id, peer, ballot, self._campaign_from, transfer))
+            self._messages.append(Prepare(self.id, peer, ballot, self._campaign_from, transfer, transfer_from))
 
     def _accepted_from(self, from_slot: int) -> tuple[AcceptedEntry, ...]:
         return tuple(
@@ -601,7 +603,8 @@ class Replica:
         if m.ballot < self.promised or (m.ballot == self.promised and m.src != m.ballot.replica_id):
             self._reject(m.src, m.ballot, RejectReason.LOWER_BALLOT)
             return
-        if m.ballot > self.promised and not m.transfer and self._hears_leader():
+        waived = m.transfer and m.transfer_from == self.promised and m.transfer_from.replica_id != 0
+        if m.ballot > self.promised and not waived and self._hears_leader():
             self._reject(m.src, m.ballot, RejectReason.LEADER_ALIVE)
             return
         if m.from_slot + self.config.promise_chosen_slots_max < self.chosen_below or m.from_slot < self.log_start:
@@ -646,7 +649,14 @@ class Replica:
                 # A member we learned of from the promises: ask it too.
                 self._asked.add(peer)
                 self._messages.append(
-                    Prepare(self.id, peer, self._campaign_ballot, self._campaign_from, self._transfer_campaign)
+                    Prepare(
+                        self.id,
+                        peer,
+                        self._campaign_ballot,
+                        self._campaign_from,
+                        self._transfer_campaign,
+                        self._transfer_from,
+                    )
                 )
         return all(m.has_quorum(voted) for m in needed)
 
@@ -933,7 +943,7 @@ class Replica:
     def _on_timeout_now(self, m: TimeoutNow) -> None:
         if m.ballot != self.promised or m.src != self.leader_id or self.role is not Role.FOLLOWER:
             return
-        self._start_campaign(transfer=True)
+        self._start_campaign(transfer=True, transfer_from=m.ballot)
 
     # ------------------------------------------------------------ catch-up
 

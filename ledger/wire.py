@@ -172,6 +172,7 @@ KINDS: dict[str, Kind] = {
     "from_slot": (_identity, _dec_uint),
     "to_slot": (_identity, _dec_uint),
     "transfer": (_identity, _dec_bool),
+    "transfer_from": (_enc_ballot, _dec_ballot),
     "granted": (_identity, _dec_bool),
     "accepted": (_enc_accepted, _dec_accepted),
     "entries": (_enc_entries, _dec_entries),

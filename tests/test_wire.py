@@ -25,6 +25,7 @@ FIELD_STRATEGIES = {
     "ballot": BALLOTS,
     "promised": BALLOTS,
     "transfer": st.booleans(),
+    "transfer_from": BALLOTS,
     "granted": st.booleans(),
     "accepted": st.lists(st.tuples(U64, BALLOTS, VALUES), max_size=5).map(tuple),
     "entries": st.lists(st.tuples(U64, VALUES), max_size=5).map(tuple),
