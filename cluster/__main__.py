@@ -238,11 +238,14 @@ def cmd_up(args) -> int:
                 "`python -m cluster down` first (or use another --data)"
             )
     cert_dir = ensure_certs(topology)
+    # Replicas marked join = true are added later to the running cluster
+    # (`python -m cluster add <id>`, then `ledgerctl members add <id>`).
+    initial = [spec for spec in topology.replicas if not spec.join]
     state = {
         "topology": str(topology.path.resolve()), "cluster_id": topology.cluster_id,
         "run_dir": str(run_dir), "pids": {}, "cert_dir": cert_dir,
     }
-    for spec in topology.replicas:
+    for spec in initial:
         state["pids"][spec.id] = spawn(topology.path.resolve(), spec, run_dir, cert_dir)
     save_state(run_dir, state)
     if not getattr(args, "data", None):
@@ -251,15 +254,15 @@ def cmd_up(args) -> int:
     try:
         leader = wait_for_leader(state, args.wait)
     except LauncherError:
-        for spec in topology.replicas:
+        for spec in initial:
             if not pid_runs_replica(state["pids"][spec.id], spec.id):
                 print(f"{spec.id} exited; last lines of {run_dir / (spec.id + '.log')}:", file=sys.stderr)
                 print(_tail(run_dir / f"{spec.id}.log"), file=sys.stderr)
         # Leave nothing running behind a failed start.
-        for spec in topology.replicas:
+        for spec in initial:
             stop_pid(state["pids"][spec.id], spec.id, timeout_s=2)
         raise
-    for spec in topology.replicas:
+    for spec in initial:
         if not pid_runs_replica(state["pids"][spec.id], spec.id):
             print(f"warning: {spec.id} exited (the others elected {leader} without it); "
                   f"last lines of {run_dir / (spec.id + '.log')}:\n{_tail(run_dir / f'{spec.id}.log', 5)}",
@@ -331,6 +334,22 @@ def cmd_restart(args) -> int:
     state["pids"][args.id] = spawn(Path(state["topology"]), spec, run_dir, state.get("cert_dir"))
     save_state(run_dir, state)
     print(f"restarted {args.id} (pid {state['pids'][args.id]})")
+    return 0
+
+
+def cmd_add(args) -> int:
+    """Start a replica listed in the topology (join = true) to join the running cluster."""
+    run_dir = _run_dir(args)
+    state = load_state(run_dir)
+    topology = topo.load(state["topology"])  # re-read: the operator has just listed the replica
+    spec = topology.replica(args.id)
+    pid = state["pids"].get(args.id, 0)
+    if pid and pid_runs_replica(pid, args.id):
+        raise LauncherError(f"{args.id} is already running (pid {pid})")
+    state["pids"][args.id] = spawn(Path(state["topology"]), spec, run_dir, state.get("cert_dir"))
+    save_state(run_dir, state)
+    print(f"started {args.id} (pid {state['pids'][args.id]}) as a learner-to-be; now add it: "
+          f"ledgerctl members add {args.id} (or: ledgerctl members replace <old> {args.id})")
     return 0
 
 
@@ -416,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("id", help="replica id, e.g. r2")
         data_arg(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("add", help="start a replica the topology lists with join = true (joins the running cluster)")
+    p.add_argument("id", help="replica id, e.g. r4")
+    data_arg(p)
+    p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("down", help="stop every replica")
     data_arg(p)

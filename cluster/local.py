@@ -55,18 +55,26 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05)
 
 
 class LocalCluster:
-    def __init__(self, replicas: int = 3, cluster_id: str = "itest") -> None:
+    def __init__(self, replicas: int = 3, cluster_id: str = "itest", *, joiners: int = 0,
+                 primary_zone: str = "dc1", extra_toml: str = "") -> None:
+        """``joiners`` more replicas are listed with ``join = true`` (started by
+        ``add``); ``extra_toml`` goes before the replicas (``[snapshot]``, ...)."""
         self.dir = Path(tempfile.mkdtemp(prefix="ledger-itest-"))
-        ports = free_ports(2 * replicas)
-        self.ids = [f"r{i + 1}" for i in range(replicas)]
+        total = replicas + joiners
+        ports = free_ports(2 * total)
+        all_ids = [f"r{i + 1}" for i in range(total)]
+        self.ids = all_ids[:replicas]
+        self.joiners = all_ids[replicas:]
         self.addresses = {rid: f"127.0.0.1:{ports[i]}" for i, rid in enumerate(self.ids)}
-        self.metrics_ports = {rid: ports[replicas + i] for i, rid in enumerate(self.ids)}
-        lines = [f'cluster_id = "{cluster_id}"', 'primary_zone = "dc1"', ""]
-        for i, rid in enumerate(self.ids):
+        self.joiner_addresses = {rid: f"127.0.0.1:{ports[replicas + i]}" for i, rid in enumerate(self.joiners)}
+        self.metrics_ports = {rid: ports[total + i] for i, rid in enumerate(all_ids)}
+        lines = [f'cluster_id = "{cluster_id}"', f'primary_zone = "{primary_zone}"', extra_toml, ""]
+        for i, rid in enumerate(all_ids):
+            address = self.addresses.get(rid) or self.joiner_addresses[rid]
             lines += [
                 "[[replica]]", f'id = "{rid}"', 'city = "test"', f'data_center = "dc{i + 1}"',
-                f'address = "{self.addresses[rid]}"', f"metrics_port = {self.metrics_ports[rid]}",
-                f'data_dir = "{self.dir / rid}"', "",
+                f'address = "{address}"', f"metrics_port = {self.metrics_ports[rid]}",
+                f'data_dir = "{self.dir / rid}"', "join = true" if rid in self.joiners else "", "",
             ]
         self.topology = self.dir / "topology.toml"
         self.topology.write_text("\n".join(lines))
@@ -106,6 +114,19 @@ class LocalCluster:
         pid = self.pid(rid)
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not pid_runs_replica(pid, rid), 10, f"{rid} (pid {pid}) to die")
+
+    def add(self, rid: str) -> None:
+        """Start a joining replica (``python -m cluster add``) from an empty data directory."""
+        result = self.cli("add", rid)
+        self._remember_pids()
+        assert result.returncode == 0, result.stderr
+        self.ids.append(rid)
+        self.addresses[rid] = self.joiner_addresses[rid]
+
+    def forget(self, rid: str) -> None:
+        """Stop counting ``rid`` in statuses and convergence (after removing it)."""
+        self.ids.remove(rid)
+        self.addresses.pop(rid, None)
 
     def restart(self, rid: str) -> None:
         result = self.cli("restart", rid)

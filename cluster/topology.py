@@ -7,6 +7,12 @@ A topology is a TOML file::
 
     [timing]                          # optional
     tick_ms = 10                      # the consensus clock period
+    primary_hold_ms = 3000            # a caught-up primary-zone replica waits
+                                      # this long before leadership moves to it
+
+    [snapshot]                        # optional: log compaction
+    every_slots = 4096                # compact once this many applied slots
+    keep_slots = 512                  # are in the log, keeping the newest ones
 
     [tls]                             # optional: mutual TLS (see cluster.certs)
     cert_dir = "data/one-city/certs"  # ca.pem, <id>.pem/.key, admin.*, client.*;
@@ -19,6 +25,15 @@ A topology is a TOML file::
     address = "127.0.0.1:7101"        # gRPC, public API and peer service
     metrics_port = 9101               # Prometheus metrics over HTTP
     data_dir = "data/one-city/r1"     # relative paths: to the working directory
+    join = false                      # true: not an initial voter; the replica
+                                      # joins a running cluster as a learner
+
+``primary_zone`` may also be an ordered list (most preferred first).
+Replicas with ``join = true`` are where a running cluster finds the address
+of a replica being added (``ledgerctl members add r4``): the operator lists
+the new replica in the topology file first, and replicas re-read the file
+when they meet a member they do not know. The 1/3/5/7 rule counts only the
+initial voters.
 
 Without a ``[tls]`` table the cluster runs in plaintext, which the replicas
 accept only when every address is loopback (``Topology.all_loopback``); every
@@ -39,6 +54,9 @@ from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parent / "topologies"
 TICK_MS_DEFAULT = 10
+PRIMARY_HOLD_MS_DEFAULT = 3000
+SNAPSHOT_EVERY_SLOTS_DEFAULT = 4096
+SNAPSHOT_KEEP_SLOTS_DEFAULT = 512
 
 
 class TopologyError(ValueError):
@@ -54,6 +72,7 @@ class ReplicaSpec:
     address: str
     metrics_port: int
     data_dir: Path
+    join: bool = False  # not an initial voter: joins a running cluster as a learner
 
     @property
     def host(self) -> str:
@@ -76,6 +95,22 @@ class Topology:
     tick_ms: int
     replicas: tuple[ReplicaSpec, ...]
     tls_cert_dir: Path | None = None  # None: plaintext (loopback only)
+    primary_zones: tuple[str, ...] = ()  # ordered preference; primary_zone is the first
+    primary_hold_ms: int = PRIMARY_HOLD_MS_DEFAULT
+    snapshot_every_slots: int = SNAPSHOT_EVERY_SLOTS_DEFAULT
+    snapshot_keep_slots: int = SNAPSHOT_KEEP_SLOTS_DEFAULT
+
+    @property
+    def initial_voters(self) -> tuple[int, ...]:
+        """Consensus ids of the cluster's first membership (replicas without ``join``)."""
+        return tuple(r.number for r in self.replicas if not r.join)
+
+    def zone_rank(self, spec: ReplicaSpec) -> int | None:
+        """0 for the most preferred zone, 1 for the next...; None outside every primary zone."""
+        for i, zone in enumerate(self.primary_zones or ((self.primary_zone,) if self.primary_zone else ())):
+            if zone in (spec.city, spec.data_center):
+                return i
+        return None
 
     @property
     def all_loopback(self) -> bool:
@@ -98,7 +133,7 @@ class Topology:
     def with_data_root(self, root: Path) -> "Topology":
         """The same topology with every data directory moved to ``root/<id>``."""
         replicas = tuple(
-            ReplicaSpec(r.id, r.number, r.city, r.data_center, r.address, r.metrics_port, root / r.id)
+            replace(r, data_dir=root / r.id)
             for r in self.replicas
         )
         return replace(self, replicas=replicas)
@@ -142,11 +177,27 @@ def load(name_or_path: str | Path) -> Topology:
     cluster_id = doc.get("cluster_id")
     need(isinstance(cluster_id, str) and 0 < len(cluster_id) <= 64, "cluster_id must be a string of 1..64 characters")
     primary_zone = doc.get("primary_zone", "")
-    need(isinstance(primary_zone, str), "primary_zone must be a string")
-    tick_ms = doc.get("timing", {}).get("tick_ms", TICK_MS_DEFAULT)
+    if isinstance(primary_zone, list):
+        need(all(isinstance(z, str) and z for z in primary_zone), "primary_zone list must hold zone names")
+        primary_zones = tuple(primary_zone)
+    else:
+        need(isinstance(primary_zone, str), "primary_zone must be a string or a list of strings")
+        primary_zones = (primary_zone,) if primary_zone else ()
+    primary_zone = primary_zones[0] if primary_zones else ""
+    timing = doc.get("timing", {})
+    tick_ms = timing.get("tick_ms", TICK_MS_DEFAULT)
     need(isinstance(tick_ms, int) and 1 <= tick_ms <= 1000, "timing.tick_ms must be an integer 1..1000")
+    hold_ms = timing.get("primary_hold_ms", PRIMARY_HOLD_MS_DEFAULT)
+    need(isinstance(hold_ms, int) and 0 <= hold_ms <= 3_600_000, "timing.primary_hold_ms must be 0..3600000")
+    snap = doc.get("snapshot", {})
+    every = snap.get("every_slots", SNAPSHOT_EVERY_SLOTS_DEFAULT)
+    keep = snap.get("keep_slots", SNAPSHOT_KEEP_SLOTS_DEFAULT)
+    need(isinstance(every, int) and every >= 1, "snapshot.every_slots must be an integer >= 1")
+    need(isinstance(keep, int) and keep >= 0, "snapshot.keep_slots must be an integer >= 0")
     raw = doc.get("replica")
-    need(isinstance(raw, list) and len(raw) in (1, 3, 5, 7), "there must be 1, 3, 5 or 7 [[replica]] tables")
+    need(isinstance(raw, list), "there must be [[replica]] tables")
+    voters = [r for r in raw if not r.get("join", False)]
+    need(len(voters) in (1, 3, 5, 7), "there must be 1, 3, 5 or 7 [[replica]] tables without join = true")
     replicas = []
     for i, r in enumerate(raw):
         where = f"replica #{i + 1}"
@@ -161,7 +212,8 @@ def load(name_or_path: str | Path) -> Topology:
         mp = r.get("metrics_port")
         need(isinstance(mp, int) and 0 < mp < 65536, f"{where}: metrics_port must be a port number")
         replicas.append(
-            ReplicaSpec(rid, int(m.group(1)), r["city"], r["data_center"], r["address"], mp, Path(r["data_dir"]))
+            ReplicaSpec(rid, int(m.group(1)), r["city"], r["data_center"], r["address"], mp, Path(r["data_dir"]),
+                        join=bool(r.get("join", False)))
         )
     ids = [r.id for r in replicas]
     need(len(set(ids)) == len(ids), f"replica ids must be distinct: {ids}")
@@ -170,11 +222,13 @@ def load(name_or_path: str | Path) -> Topology:
     ports = [r.metrics_port for r in replicas]
     need(len(set(ports)) == len(ports), "metrics ports must be distinct")
     zones = {r.data_center for r in replicas} | {r.city for r in replicas}
-    need(not primary_zone or primary_zone in zones, f"primary_zone {primary_zone!r} names no city or data center")
+    for zone in primary_zones:
+        need(zone in zones, f"primary_zone {zone!r} names no city or data center")
     tls = doc.get("tls", {})
     need(isinstance(tls, dict), "[tls] must be a table")
     unknown = set(tls) - {"cert_dir"}
     need(not unknown, f"[tls]: unknown keys {sorted(unknown)} (known: cert_dir)")
     cert_dir = tls.get("cert_dir")
     need(cert_dir is None or (isinstance(cert_dir, str) and cert_dir), "[tls] cert_dir must be a non-empty string")
-    return Topology(path, cluster_id, primary_zone, tick_ms, tuple(replicas), Path(cert_dir) if cert_dir else None)
+    return Topology(path, cluster_id, primary_zone, tick_ms, tuple(replicas), Path(cert_dir) if cert_dir else None,
+                    primary_zones, hold_ms, every, keep)

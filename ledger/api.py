@@ -411,6 +411,15 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 
 
 class ClusterService(_Base, pb_grpc.ClusterServicer):
+    @property
+    def topology(self) -> topo.Topology:
+        # The driver's copy: it learns replicas added to the cluster since start.
+        return self.driver.topology
+
+    @topology.setter
+    def topology(self, value: topo.Topology) -> None:
+        pass  # set by _Base; the driver's copy is the one that counts
+
     @_guard
     async def Status(self, request, context):
         d = self.driver
@@ -452,6 +461,41 @@ class ClusterService(_Base, pb_grpc.ClusterServicer):
             raise errors.InvalidArgument(str(e)) from None
         leader = await self.driver.transfer_leadership(target, _deadline(context))
         return pb.TransferLeaderResponse(leader_id=leader)
+
+    @_guard
+    async def ListMembers(self, request, context):
+        return _members_pb(self.driver.members())
+
+    @_guard
+    async def ChangeMembership(self, request, context):
+        if request.kind not in MEMBERSHIP_CHANGES:
+            raise errors.InvalidArgument(
+                f"kind {request.kind!r}: one of {', '.join(MEMBERSHIP_CHANGES)}"
+            )
+        d = self.driver
+        try:
+            target = d.topology.replica(request.replica_id)
+        except topo.TopologyError:
+            d.refresh_topology(force=True)  # the operator may have just listed it
+            try:
+                target = d.topology.replica(request.replica_id)
+            except topo.TopologyError as e:
+                raise errors.InvalidArgument(
+                    f"{e}; list the replica in the topology file (with join = true) before adding it: "
+                    "that is where the cluster finds its address"
+                ) from None
+        slot, members = await d.change_membership(request.kind, target, _deadline(context))
+        return pb.ChangeMembershipResponse(slot=slot, members=_members_pb(members))
+
+
+MEMBERSHIP_CHANGES = ("add_learner", "promote", "remove")
+
+
+def _members_pb(m: dict):
+    return pb.ListMembersResponse(
+        leader_id=m["leader_id"], chosen_index=m["chosen_index"], changing=m["changing"],
+        members=[pb.Member(**x) for x in m["members"]],
+    )
 
 
 def _unreachable(spec: topo.ReplicaSpec):

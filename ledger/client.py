@@ -388,6 +388,45 @@ class AsyncClient:
         self._leader = None
         return response.leader_id
 
+    async def list_members(self):
+        """The membership as the leader sees it (``ListMembersResponse``)."""
+        return await self.call("Cluster", "ListMembers", pb.ListMembersRequest(), idempotent=True)
+
+    async def change_membership(self, kind: str, replica_id: str):
+        """``add_learner`` / ``promote`` / ``remove`` one replica; returns once it took
+        effect (``ChangeMembershipResponse``). Not retried after an unknown
+        outcome: list the members to see whether it happened."""
+        return await self.call(
+            "Cluster", "ChangeMembership", pb.ChangeMembershipRequest(kind=kind, replica_id=replica_id),
+            idempotent=False,
+        )
+
+    async def replace_member(self, old_id: str, new_id: str, *, catch_up_timeout_s: float = 600.0,
+                             poll_s: float = 0.2) -> None:
+        """Replace voter ``old_id`` by ``new_id``: add it as a learner, wait until
+        it caught up, promote it, remove ``old_id`` (moving leadership away first
+        if ``old_id`` leads). Each step is skipped when already done, so a
+        replacement cut short can be run again."""
+        members = {m.id: m for m in (await self.list_members()).members}
+        if new_id not in members:
+            await self.change_membership("add_learner", new_id)
+        deadline = time.monotonic() + catch_up_timeout_s
+        while True:
+            m = {x.id: x for x in (await self.list_members()).members}.get(new_id)
+            if m is not None and (m.kind == "voter" or m.caught_up):
+                break
+            if time.monotonic() > deadline:
+                raise errors.DeadlineExceeded(f"{new_id} did not catch up within {catch_up_timeout_s:.0f} s")
+            await asyncio.sleep(poll_s)
+        if m.kind != "voter":
+            await self.change_membership("promote", new_id)
+        listing = await self.list_members()
+        if old_id not in {x.id for x in listing.members}:
+            return
+        if listing.leader_id == old_id:
+            await self.transfer_leader(new_id)
+        await self.change_membership("remove", old_id)
+
 
 class Batcher:
     """Groups single transfers (or accounts) of concurrent callers into large requests.

@@ -288,6 +288,38 @@ def do_leader_transfer(c: Client, args):
     return {"leader_id": leader}, f"leader is now {leader}", 0
 
 
+def _members_out(m):
+    members = [
+        {"id": x.id, "address": x.address, "kind": x.kind, "chosen_index": x.chosen_index, "caught_up": x.caught_up}
+        for x in m.members
+    ]
+    out = {"leader_id": m.leader_id, "chosen_index": m.chosen_index, "changing": m.changing, "members": members}
+    lines = [f"leader {m.leader_id or '(none)'}  chosen {m.chosen_index}"
+             + ("  (a change is taking effect)" if m.changing else "")]
+    lines += [f"{x['id']:6s} {x['kind']:8s} {x['address']:22s} chosen {x['chosen_index']:>10d}"
+              f"  {'caught up' if x['caught_up'] else 'behind'}" for x in members]
+    return out, "\n".join(lines)
+
+
+def do_members_list(c: Client, args):
+    out, text = _members_out(c.list_members())
+    return out, text, 0
+
+
+def do_members_change(c: Client, args):
+    kind = {"add": "add_learner", "promote": "promote", "remove": "remove"}[args.sub]
+    response = c.change_membership(kind, args.replica)
+    out, text = _members_out(response.members)
+    out["slot"] = response.slot
+    return out, f"{args.sub} {args.replica}: took effect (chosen at slot {response.slot})\n{text}", 0
+
+
+def do_members_replace(c: Client, args):
+    c.replace_member(args.old, args.new, catch_up_timeout_s=args.timeout)
+    out, text = _members_out(c.list_members())
+    return out, f"{args.old} replaced by {args.new}\n{text}", 0
+
+
 # ---------------------------------------------------------------- parsing
 
 
@@ -389,6 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
     q = ld.add_parser("transfer", help="move leadership to a replica")
     q.add_argument("target", help="replica id, e.g. r2")
     q.set_defaults(func=do_leader_transfer)
+
+    mb = sub.add_parser(
+        "members", help="membership: list, add (as learner), promote, remove, replace",
+        description="A replica to add must first be listed in the topology file (join = true) and started "
+        "(python -m ledger.server --topology FILE --id r4 --join).",
+    ).add_subparsers(dest="sub", required=True)
+    mb.add_parser("list", help="voters and learners, with their progress").set_defaults(func=do_members_list)
+    for name, help_ in (("add", "add a replica as a non-voting learner"),
+                        ("promote", "make a caught-up learner a voter"),
+                        ("remove", "remove a voter or learner")):
+        q = mb.add_parser(name, help=help_)
+        q.add_argument("replica", help="replica id, e.g. r4")
+        q.set_defaults(func=do_members_change)
+    q = mb.add_parser("replace", help="add NEW, wait until it caught up, promote it, remove OLD")
+    q.add_argument("old", help="the voter to replace, e.g. r3")
+    q.add_argument("new", help="its replacement, e.g. r4")
+    q.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for NEW to catch up")
+    q.set_defaults(func=do_members_replace)
     return p
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -53,21 +54,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grpc
+import msgpack
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster import topology as topo
 from consensus import Config, Refused, RefuseReason, Replica, Role
+from consensus.membership import MembershipError, is_membership_value
 from consensus.messages import Message
 from ledger import commands as cmd
 from ledger import digest as digest_mod
 from ledger import errors
 from ledger import server_auth
 from ledger import wire
-from ledger.api_proto import SERVICE_NAMES
+from ledger.api_proto import SERVICE_NAMES, pb
 from ledger.metrics import ReplicaMetrics, log, setup_logging
 from ledger.server_peers import PeerServicer, PeerTransport
-from ledger.storage import ReplicaStorage, StorageError, StorageUnavailable
+from ledger.storage import ReplicaStorage, SnapshotMismatch, StorageError, StorageUnavailable
 
 # ---------------------------------------------------------------- limits
 
@@ -102,6 +105,16 @@ STREAMS_PER_CONNECTION_MAX = 1024
 # slot (group commit). Measured here with 16-64 clients that gives 1.7-2.4x
 # the throughput of running the step on the loop thread (LEDGER_STORAGE_THREAD=0).
 STORAGE_IN_THREAD = os.environ.get("LEDGER_STORAGE_THREAD", "1") != "0"
+# Snapshots (see ``ledger.storage``: the state tables are the snapshot).
+SNAPSHOT_SERVES_MAX = 2  # peers streaming our snapshot at once
+SNAPSHOT_RETRY_S = 0.5  # after a failed transfer, wait this long before the next
+SNAPSHOT_FETCH_TIMEOUT_S = 3600.0  # one whole transfer; a broken stream fails sooner
+# A member is caught up when its chosen point is within this many slots of the
+# leader's (promotion and primary-zone moves wait for it).
+CAUGHT_UP_SLOTS = 64
+# A peer is healthy while it acknowledged one of the last few heartbeat rounds.
+HEALTHY_HEARTBEAT_ROUNDS = 5
+TOPOLOGY_RELOAD_INTERVAL_S = 1.0  # at most this often, when an unknown member appears
 
 COMMAND_OVERHEAD_BYTES = 64  # msgpack framing of one command, generously
 assert SLOT_EVENT_BYTES_MAX + COMMAND_OVERHEAD_BYTES * SLOT_COMMANDS_MAX < cmd.BATCH_BYTES_MAX
@@ -152,8 +165,12 @@ class Driver:
         self.apply_value = apply_value
         self.metrics = metrics
         self.logger = logger
-        numbers = tuple(r.number for r in topology.replicas)
-        self.config = Config(replica_id=spec.number, replica_ids=numbers)
+        # The initial voters are the cluster's first membership; a replica that
+        # joins later starts as a learner of them and learns the current
+        # membership from the log or from a snapshot.
+        voters = topology.initial_voters
+        learners = (spec.number,) if spec.number not in voters else ()
+        self.config = Config(replica_id=spec.number, replica_ids=voters, learner_ids=learners)
         durable = storage.load()
         self.replica = Replica(self.config, durable, random.Random(seed if seed is not None else os.urandom(16)))
         # Test hooks for clock faults (chaos suite): LEDGER_CLOCK_RATE runs this
@@ -188,6 +205,20 @@ class Driver:
         # Told when the replica stops or resumes serving (health checking).
         self.on_serving_changed: Callable[[bool], None] = lambda serving: None
         self._task: asyncio.Task | None = None
+        # Snapshots and compaction.
+        self._snapshot_fetch: asyncio.Task | None = None
+        self._snapshot_received: tuple[int, int, tuple] | None = None  # index, digest, memberships
+        self._snapshot_serving = 0
+        self._snapshot_retry_at = 0.0
+        self.snapshots_installed = 0
+        # Membership changes waiting for the next turn: (kind, number, future).
+        self._membership_requests: list[tuple[str, int, asyncio.Future]] = []
+        self._topology_reloaded_at = -1e9
+        # Primary zone: since when each better-placed voter is healthy and caught up.
+        self._primary_ready_since: dict[int, float] = {}
+        self._primary_transfer_at = -1e9
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(storage.incoming_snapshot_path())  # a transfer cut by a crash restarts
 
     # ------------------------------------------------------------ views
 
@@ -297,6 +328,278 @@ class Driver:
                 )
             await asyncio.sleep(self.tick_s)
 
+    # ------------------------------------------------------------ membership
+
+    async def change_membership(self, kind: str, target: topo.ReplicaSpec, deadline: float | None) -> tuple[int, dict]:
+        """Propose a membership change; return (slot, members) once it took effect."""
+        self._check_serving()
+        if self.replica.role is not Role.LEADER:
+            raise self.not_leader("change the membership")
+        future = asyncio.get_running_loop().create_future()
+        self._membership_requests.append((kind, target.number, future))
+        self._wake.set()
+        slot = await future  # raises if refused
+        while self.replica.membership_changing() or self.applied_below <= slot:
+            if self.replica.role is not Role.LEADER:
+                raise errors.OutcomeUnknown(
+                    f"leadership moved while the change at slot {slot} was under way; "
+                    "list the members to see whether it took effect"
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise errors.DeadlineExceeded(
+                    f"the change at slot {slot} had not taken effect by the deadline; list the members"
+                )
+            await asyncio.sleep(self.tick_s)
+        return slot, self.members()
+
+    def _run_membership_requests(self) -> None:
+        r = self.replica
+        for kind, number, future in self._membership_requests:
+            if future.done():
+                continue
+            try:
+                future.set_result(r.change_membership(kind, number))
+                log(self.logger, logging.INFO, "membership change proposed", kind=kind, replica=number)
+            except MembershipError as e:
+                future.set_exception(errors.InvalidArgument(f"membership change refused: {e}"))
+            except Refused as e:
+                if e.reason is RefuseReason.MEMBERSHIP_CHANGING:
+                    future.set_exception(errors.Overloaded(
+                        "another membership change is under way (one at a time, effective a window "
+                        "of slots after it is chosen); retry in a moment"))
+                elif e.reason is RefuseReason.WINDOW_FULL:
+                    future.set_exception(errors.Overloaded("the proposal window is full; retry in a moment"))
+                else:
+                    future.set_exception(self.not_leader(f"change the membership ({e})"))
+        self._membership_requests.clear()
+
+    def members(self) -> dict:
+        """The current membership as this replica sees it (the leader knows progress)."""
+        r = self.replica
+        m = r.membership
+        # Read-only look at the leader's per-peer progress (heartbeat acks).
+        ls = r._leader
+        peer_chosen = dict(ls.peer_chosen) if ls is not None else {}
+        out = []
+        for number in sorted(m.members):
+            spec = self.topology.by_number(number)
+            chosen = r.chosen_below if number == self.spec.number else peer_chosen.get(number, 0)
+            out.append({
+                "id": spec.id if spec else f"r{number}",
+                "address": spec.address if spec else "",
+                "kind": "voter" if number in m.voters else "learner",
+                "chosen_index": chosen,
+                "caught_up": ls is not None and chosen + CAUGHT_UP_SLOTS >= r.chosen_below,
+            })
+        leader = self.leader_spec
+        return {
+            "leader_id": leader.id if leader else "",
+            "chosen_index": r.chosen_below,
+            "changing": r.membership_changing(),
+            "members": out,
+        }
+
+    def refresh_topology(self, numbers: set[int] | frozenset[int] = frozenset(), force: bool = False) -> None:
+        """Re-read the topology file when a member appears that it does not list.
+
+        The file is where a new replica's address comes from: the operator
+        lists it (``join = true``) before adding it. This replica's own entry
+        (and its data directory) never changes.
+        """
+        if not force and all(self.topology.by_number(n) is not None for n in numbers):
+            return
+        now = time.monotonic()
+        if not force and now - self._topology_reloaded_at < TOPOLOGY_RELOAD_INTERVAL_S:
+            return
+        self._topology_reloaded_at = now
+        try:
+            fresh = topo.load(self.topology.path)
+        except (topo.TopologyError, OSError) as e:
+            log(self.logger, logging.ERROR, "cannot re-read the topology file", error=str(e))
+            return
+        if fresh.cluster_id != self.topology.cluster_id:
+            log(self.logger, logging.ERROR, "the topology file now names another cluster; ignored")
+            return
+        merged = {r.number: r for r in self.topology.replicas}
+        for r in fresh.replicas:
+            if r.number != self.spec.number and r.number not in merged:
+                merged[r.number] = r
+                log(self.logger, logging.INFO, "new replica in the topology file", replica=r.id, address=r.address)
+                if self.transport is not None:
+                    self.transport.add_peer(r.number, r.id, r.address)
+        self.topology = replace(self.topology, replicas=tuple(sorted(merged.values(), key=lambda s: s.number)))
+
+    # ------------------------------------------------------------ snapshots
+
+    async def serve_snapshot(self, requester: int, from_slot: int):
+        """Stream our applied state to a peer: a header, then row chunks."""
+        if self._snapshot_serving >= SNAPSHOT_SERVES_MAX:
+            raise errors.Overloaded(f"replica {self.spec.id} is already sending {SNAPSHOT_SERVES_MAX} snapshots")
+        self._snapshot_serving += 1
+        loop = asyncio.get_running_loop()
+        reader = ThreadPoolExecutor(1, thread_name_prefix="snapshot-send")
+        try:
+            with self.storage.snapshot_source() as (index, digest, chunks):
+                memberships = self.replica.membership_for_snapshot(index)
+                log(self.logger, logging.INFO, "sending a snapshot", peer=requester, index=index,
+                    from_slot=from_slot)
+                yield msgpack.packb({
+                    "index": index,
+                    "digest": digest.to_bytes(32, "big"),
+                    "memberships": [[e, list(v), list(l)] for e, v, l in memberships],
+                })
+                while True:
+                    chunk = await loop.run_in_executor(reader, next, chunks, None)
+                    if chunk is None:
+                        break
+                    yield chunk
+        finally:
+            self._snapshot_serving -= 1
+            reader.shutdown(wait=False)
+
+    def _start_snapshot_fetch(self, from_slot: int, peer: int) -> None:
+        if self._snapshot_fetch is not None or self._snapshot_received is not None:
+            return
+        if self.transport is None or self.replica.role is Role.LEADER:
+            return
+        if time.monotonic() < self._snapshot_retry_at:
+            return
+        self._snapshot_fetch = asyncio.create_task(self._fetch_snapshot(from_slot, peer), name="snapshot-fetch")
+
+    async def _fetch_snapshot(self, from_slot: int, peer: int) -> None:
+        """Receive a peer's snapshot into the spool file; the next turn installs it.
+
+        Any failure (the peer died, the stream broke, we crash) just ends the
+        attempt: the core asks again, and the next attempt truncates the spool.
+        """
+        started = time.monotonic()
+        path = self.storage.incoming_snapshot_path()
+        header = None
+        received = 0
+        try:
+            stub = self.transport.snapshot_stub(peer)
+            if stub is None:
+                return
+            call = stub.FetchSnapshot(
+                pb.SnapshotRequest(cluster_id=self.topology.cluster_id, replica_id=self.spec.number,
+                                   from_slot=from_slot),
+                timeout=SNAPSHOT_FETCH_TIMEOUT_S,
+            )
+            with open(path, "wb") as f:
+                async for chunk in call:
+                    if header is None:
+                        header = msgpack.unpackb(chunk.data)
+                        if header["index"] < from_slot:
+                            call.cancel()
+                            return  # the peer's state is no newer than what we lack
+                        continue
+                    f.write(len(chunk.data).to_bytes(4, "big"))
+                    f.write(chunk.data)
+                    received += len(chunk.data)
+            if header is None:
+                return
+            memberships = tuple((e, tuple(v), tuple(l)) for e, v, l in header["memberships"])
+            self._snapshot_received = (header["index"], int.from_bytes(header["digest"], "big"), memberships)
+            log(self.logger, logging.INFO, "snapshot received", peer=peer, index=header["index"],
+                bytes=received, seconds=round(time.monotonic() - started, 3))
+            self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a broken stream, a peer gone: the core asks again
+            log(self.logger, logging.WARNING, "snapshot transfer failed; it restarts when needed",
+                peer=peer, error=f"{type(e).__name__}: {e}"[:300])
+            self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_S
+        finally:
+            self._snapshot_fetch = None
+
+    async def _install_received_snapshot(self) -> None:
+        index, digest, memberships = self._snapshot_received
+        self._snapshot_received = None
+        r = self.replica
+        path = self.storage.incoming_snapshot_path()
+        try:
+            if index <= r.chosen_below or index <= self.applied_below or r.role is Role.LEADER:
+                return  # caught up meanwhile by other means
+            started = time.monotonic()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                self._storage_thread, self.storage.install_snapshot, path, index, digest, memberships
+            )
+            r.install_snapshot(index, memberships)
+            self.applied_below = index
+            self.snapshots_installed += 1
+            log(self.logger, logging.INFO, "snapshot installed", index=index,
+                seconds=round(time.monotonic() - started, 3))
+            self.refresh_topology(r.members.known_ids())
+        except (SnapshotMismatch, StorageUnavailable) as e:
+            log(self.logger, logging.ERROR, "snapshot not installed; it is fetched again", error=str(e))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    async def _maybe_compact(self) -> None:
+        """Compact the log once ``every_slots`` applied slots sit in it, keeping
+        the newest ``keep_slots`` (so a peer slightly behind catches up from the
+        log, not a snapshot). The log then never holds more than every + keep
+        applied slots plus the unapplied window."""
+        every, keep = self.topology.snapshot_every_slots, self.topology.snapshot_keep_slots
+        if self.applied_below - self.storage.log_start < every + keep:
+            return
+        index = self.applied_below - keep
+        memberships = self.replica.membership_for_snapshot(index)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._storage_thread, self.storage.compact_log, index, memberships)
+        except StorageUnavailable as e:
+            log(self.logger, logging.ERROR, "log compaction failed; retried later", error=str(e))
+            return
+        self.replica.compact(index)
+
+    # ------------------------------------------------------------ primary zone
+
+    def _maybe_move_to_primary_zone(self) -> None:
+        """On the leader: hand leadership to a better-placed voter (a more
+        preferred primary zone) once it has been healthy and caught up for
+        ``primary_hold_ms`` without a break (hysteresis: a replica that just
+        came back, or keeps dropping out, never gets it)."""
+        r = self.replica
+        ls = r._leader  # read-only look at heartbeat acks and peers' chosen points
+        if ls is None or ls.transfer_to or r.membership_changing():
+            self._primary_ready_since.clear()
+            return
+        my_rank = self.topology.zone_rank(self.spec)
+        if my_rank == 0:
+            return
+        now = time.monotonic()
+        hold_s = self.topology.primary_hold_ms / 1000.0
+        best: tuple[int, int] | None = None  # (rank, number)
+        for number in r.membership.voters:
+            if number == self.spec.number:
+                continue
+            spec = self.topology.by_number(number)
+            rank = self.topology.zone_rank(spec) if spec else None
+            if rank is None or (my_rank is not None and rank >= my_rank):
+                continue
+            healthy = ls.hb_acked.get(number, 0) >= ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS
+            caught_up = ls.peer_chosen.get(number, 0) + CAUGHT_UP_SLOTS >= r.chosen_below
+            if not (healthy and caught_up):
+                self._primary_ready_since.pop(number, None)
+                continue
+            since = self._primary_ready_since.setdefault(number, now)
+            if now - since >= hold_s and (best is None or (rank, number) < best):
+                best = (rank, number)
+        if best is None or now - self._primary_transfer_at < hold_s:
+            return
+        self._primary_transfer_at = now
+        target = best[1]
+        try:
+            r.transfer_leadership(target)
+        except Refused:
+            return
+        self._primary_ready_since.clear()
+        log(self.logger, logging.INFO, "moving leadership to the primary zone",
+            target=self.topology.by_number(target).id)
+
     # ------------------------------------------------------------ peer entry point
 
     def deliver(self, messages: list[Message]) -> None:
@@ -349,6 +652,8 @@ class Driver:
             or (self._queue and self._may_propose())
             or self._reads_to_register
             or self._transfer_requests
+            or self._membership_requests
+            or self._snapshot_received is not None
         )
 
     def _may_propose(self) -> bool:
@@ -360,6 +665,8 @@ class Driver:
 
     async def _turn(self, ticks: int) -> None:
         r = self.replica
+        if self._snapshot_received is not None:
+            await self._install_received_snapshot()
         for _ in range(ticks):
             r.tick()
         if self._inbox:
@@ -375,20 +682,30 @@ class Driver:
             except Refused as e:
                 future.set_exception(self.not_leader(f"transfer leadership ({e})"))
         self._transfer_requests.clear()
+        if self._membership_requests:
+            self._run_membership_requests()
+        if ticks:
+            self._maybe_move_to_primary_zone()
         for token in self._reads_to_register:
             r.read(token)
         self._reads_to_register.clear()
 
         ready = r.ready()
-        if ready.snapshot_needed_from is not None and time.monotonic() - self._snapshot_logged_at > 10:
-            self._snapshot_logged_at = time.monotonic()
-            log(self.logger, logging.ERROR, "peers no longer hold slots this replica lacks; it needs a "
-                "snapshot (snapshot install is not built yet)", from_slot=ready.snapshot_needed_from)
+        if ready.snapshot_needed_from is not None:
+            if time.monotonic() - self._snapshot_logged_at > 10:
+                self._snapshot_logged_at = time.monotonic()
+                log(self.logger, logging.INFO, "peers no longer hold slots this replica lacks; "
+                    "fetching a snapshot", from_slot=ready.snapshot_needed_from, peer=ready.snapshot_peer)
+            self._start_snapshot_fetch(ready.snapshot_needed_from, ready.snapshot_peer)
         if not ready.empty:
             await self._persist_and_apply(ready)
             if self.transport is not None and ready.messages:
                 self.transport.send(ready.messages)
             self._answer(ready)
+            if ready.committed:
+                if any(is_membership_value(v) for _, v in ready.committed):
+                    self.refresh_topology(r.members.known_ids())
+                await self._maybe_compact()
         self._observe()
 
     # ------------------------------------------------------------ proposing
@@ -495,6 +812,8 @@ class Driver:
             for slot, value in committed:
                 if slot < self.applied_below:
                     continue  # already in the state machine (restart re-delivery)
+                if is_membership_value(value):
+                    continue  # the consensus core's own value, not a ledger batch
                 results.results[slot] = self.apply_value(tables, slot, value)
             return max(new_applied, self.applied_below)
 
@@ -649,6 +968,8 @@ class ReplicaProcess:
             tls=security.credentials,
         )
         self.driver.transport = transport
+        transport.snapshot_provider = self.driver.serve_snapshot
+        transport.on_unknown_sender = lambda sender: self.driver.refresh_topology({sender})
 
         server = grpc.aio.server(
             # Authentication and authorization of every call (ledger.server_auth).
@@ -744,6 +1065,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="data directory (default: the topology's data_dir for this replica)")
     parser.add_argument("--seed", type=int, help="seed of the consensus random source (default: random)")
     parser.add_argument("--cert-dir", help="certificates (default: the topology's [tls] cert_dir)")
+    parser.add_argument(
+        "--join", action="store_true",
+        help="join a running cluster as a learner (as if the topology said join = true for this replica); "
+        "then add it with `ledgerctl members add <id>`",
+    )
     args = parser.parse_args(argv)
     try:
         topology = topo.load(args.topology)
@@ -753,6 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.data:
         topology = _with_replica_data_dir(topology, spec.id, Path(args.data))
+    if args.join:
+        topology = _as_joining(topology, spec.id)
     cert_dir = Path(args.cert_dir) if args.cert_dir else None
     try:
         if os.environ.get("LEDGER_PROFILE"):  # development aid: cProfile the whole process
@@ -777,12 +1105,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _with_replica_data_dir(topology: topo.Topology, replica_id: str, path: Path) -> topo.Topology:
-    replicas = tuple(
-        topo.ReplicaSpec(r.id, r.number, r.city, r.data_center, r.address, r.metrics_port, path)
-        if r.id == replica_id
-        else r
-        for r in topology.replicas
-    )
+    replicas = tuple(replace(r, data_dir=path) if r.id == replica_id else r for r in topology.replicas)
+    return replace(topology, replicas=replicas)
+
+
+def _as_joining(topology: topo.Topology, replica_id: str) -> topo.Topology:
+    replicas = tuple(replace(r, join=True) if r.id == replica_id else r for r in topology.replicas)
     return replace(topology, replicas=replicas)
 
 

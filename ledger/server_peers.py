@@ -202,12 +202,36 @@ class PeerTransport:
         for reason in REFUSE_REASONS:
             metrics.labels(self.frames_refused, reason=reason)
 
+        # Told about a frame from a sender we do not know (a replica added to
+        # the cluster since we started): may call ``add_peer``.
+        self.on_unknown_sender: Callable[[int], None] = lambda sender: None
+        # Streams our snapshot to a peer: ``provider(requester, from_slot)`` is
+        # an async iterator of chunks (``Driver.serve_snapshot``).
+        self.snapshot_provider = None
+        self._started = False
+
+    def add_peer(self, peer_id: int, name: str, address: str) -> None:
+        """Open a stream to a replica that joined after we started."""
+        if peer_id == self.self_id or peer_id in self.links:
+            return
+        link = self.links[peer_id] = PeerLink(self, peer_id, name, address)
+        if self._started:
+            link.start()
+
+    def snapshot_stub(self, peer_id: int):
+        """A Peer stub over the existing channel to ``peer_id`` (None if unknown or not yet open)."""
+        link = self.links.get(peer_id)
+        if link is None or link._channel is None:
+            return None
+        return pb_grpc.PeerStub(link._channel)
+
     def refuse(self, reason: str) -> None:
         self.refused_frames += 1
         self.metrics.labels(self.frames_refused, reason=reason).inc()
         self.metrics.labels(self.metrics.wire_errors).inc()
 
     def start(self) -> None:
+        self._started = True
         for link in self.links.values():
             link.start()
 
@@ -283,6 +307,8 @@ class PeerServicer(pb_grpc.PeerServicer):
                     f"frames of sender {sender} on a stream of replica r{certified}'s certificate",
                 )
             if sender not in t.links:
+                t.on_unknown_sender(sender)
+            if sender not in t.links:
                 t.refuse("not_member")
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -293,3 +319,21 @@ class PeerServicer(pb_grpc.PeerServicer):
                 t._observe(sender, mine)
                 t.deliver(mine)
         return pb.PeerAck()
+
+    async def FetchSnapshot(self, request, context):
+        """Stream this replica's applied state to a peer that fell behind the log."""
+        t = self.t
+        if request.cluster_id != t.cluster_id:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"snapshot asked for cluster {request.cluster_id!r}, this is {t.cluster_id!r}")
+        if t.tls is not None:
+            identity = peer_identity(context)
+            if identity is None or replica_number(identity) != request.replica_id:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a snapshot goes only to the replica asking")
+        if t.snapshot_provider is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica is starting")
+        try:
+            async for chunk in t.snapshot_provider(request.replica_id, request.from_slot):
+                yield pb.SnapshotChunk(data=chunk)
+        except Exception as e:  # ours is Overloaded; anything else: the receiver retries
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"snapshot not sent: {e}")
