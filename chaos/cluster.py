@@ -66,10 +66,33 @@ def remember_pid(pid: int, marker: str) -> None:
         f.write(f"{pid} {marker}\n")
 
 
+def make_certs(cert_dir: Path, cluster_id: str, hosts: dict[str, tuple[str, ...]]) -> None:
+    """A cluster CA, admin and client certificates, and replica certificates naming every host
+    a replica is dialled by: its own address and the loopback address of the link proxies."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from cluster import certs
+
+    certs.generate(cluster_id, {rid: hs[0] for rid, hs in hosts.items()}, cert_dir)
+    ca_cert = x509.load_pem_x509_certificate((cert_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((cert_dir / "ca.key").read_bytes(), password=None)
+    for rid, hs in hosts.items():
+        cert, key = certs.issue(ca_cert, ca_key, certs.Identity(cluster_id, "replica", rid), hs)
+        p = certs.paths(cert_dir, rid)
+        fd = os.open(p.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        p.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def write_topology(path: Path, topology: topo.Topology, addresses: dict[str, str], data_root: Path,
-                   metrics_ports: dict[str, int]) -> None:
+                   metrics_ports: dict[str, int], cert_dir: Path | None = None) -> None:
     lines = [f'cluster_id = "{topology.cluster_id}"', f'primary_zone = "{topology.primary_zone}"',
              "", "[timing]", f"tick_ms = {topology.tick_ms}", ""]
+    if cert_dir is not None:
+        lines += ["[tls]", f'cert_dir = "{cert_dir}"', ""]
     for r in topology.replicas:
         lines += ["[[replica]]", f'id = "{r.id}"', f'city = "{r.city}"', f'data_center = "{r.data_center}"',
                   f'address = "{addresses[r.id]}"', f"metrics_port = {metrics_ports[r.id]}",
@@ -293,6 +316,7 @@ class ChaosCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.paused: set[str] = set()
         self.ids = [r.id for r in topology.replicas]
+        self.cert_dir: Path | None = None  # set by prepare() when the cluster uses TLS
 
     def fault_file(self, rid: str) -> Path:
         return self.run_dir / f"faults-{rid}.txt"
@@ -302,11 +326,18 @@ class ChaosCluster:
 
     def prepare(self) -> None:
         self.data_root.mkdir(parents=True, exist_ok=True)
+        if self.network.kind == "netns":
+            # replicas on non-loopback addresses must use mutual TLS; the link proxies pass it through
+            self.cert_dir = self.run_dir / "certs"
+            make_certs(self.cert_dir, self.topology.cluster_id,
+                       {r.id: (self.network.listen_address(r.id).rsplit(":", 1)[0], "127.0.0.1")
+                        for r in self.topology.replicas})
         for r in self.topology.replicas:
             addresses = {o.id: (self.network.listen_address(o.id) if o.id == r.id
                                 else self.network.peer_address(r.id, o.id)) for o in self.topology.replicas}
             write_topology(self.topology_file(r.id), self.topology, addresses, self.data_root,
-                           {o.id: self.network.metrics_port(o.id) for o in self.topology.replicas})
+                           {o.id: self.network.metrics_port(o.id) for o in self.topology.replicas},
+                           self.cert_dir)
             (self.data_root / r.id).mkdir(parents=True, exist_ok=True)
             self.fault_file(r.id).write_text("1.0 0 0 0 0\n")
 

@@ -155,7 +155,9 @@ def execute(cfg: RunConfig, progress=None) -> dict:
             tmpfs = all(_mount_tmpfs(cluster.data_root / r.id) for r in topology.replicas)
         cluster.start_all()
         addresses = ",".join(network.client_addresses())
-        probe = network.wrap("client", [sys.executable, "-m", "chaos.workload", "--probe", "--addresses", addresses])
+        tls_args = ["--cert-dir", str(cluster.cert_dir)] if cluster.cert_dir else []
+        probe = network.wrap("client", [sys.executable, "-m", "chaos.workload", "--probe", "--addresses", addresses,
+                                        *tls_args])
         ctx = Context(cluster, network, rng, tmpfs, probe)
         deadline = time.monotonic() + LEADER_TIMEOUT_S
         leader = None
@@ -168,7 +170,8 @@ def execute(cfg: RunConfig, progress=None) -> dict:
         workload = subprocess.Popen(
             network.wrap("client", [sys.executable, "-m", "chaos.workload", "--addresses", addresses,
                                     "--out", str(run_dir), "--control", str(control), "--seed", str(cfg.seed),
-                                    "--concurrency", str(cfg.concurrency), "--workloads", cfg.workloads]
+                                    "--concurrency", str(cfg.concurrency), "--workloads", cfg.workloads,
+                                    *tls_args]
                               + (["--stale-reads"] if cfg.stale_reads else [])),
             stdout=wl_log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
         )

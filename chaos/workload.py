@@ -30,9 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-
 from chaos.history import History
+from cluster.certs import TlsCredentials, open_channel
 from ledger import errors
 from ledger.api_proto import pb, pb_grpc
 from ledger.client import LOCAL, AsyncClient
@@ -61,8 +60,9 @@ def _is_request_error(e: BaseException) -> bool:
 
 class Workloads:
     def __init__(self, addresses: list[str], out: Path, control: Path, seed: int, concurrency: int,
-                 workloads: list[str]) -> None:
+                 workloads: list[str], tls: TlsCredentials | None = None) -> None:
         self.addresses = addresses
+        self.tls = tls
         self.out = out
         self.control = control
         self.rng = random.Random(seed)
@@ -72,7 +72,7 @@ class Workloads:
         self.histories = {w: History() for w in workloads}
         for w, h in self.histories.items():
             h.stream_to(out / f"{w}.jsonl")
-        self.client = AsyncClient(addresses, timeout_s=OP_TIMEOUT_S, attempt_timeout_s=ATTEMPT_TIMEOUT_S)
+        self.client = AsyncClient(addresses, timeout_s=OP_TIMEOUT_S, attempt_timeout_s=ATTEMPT_TIMEOUT_S, tls=tls)
         self.ops = 0
         self.next_id = (seed % 1000 + 1) * 10**12  # transfer ids of this run
         self.reg_keys: list[str] = []
@@ -270,7 +270,7 @@ class Workloads:
     async def statuses(self) -> dict[str, dict | None]:
         async def one(address):
             try:
-                async with grpc.aio.insecure_channel(address) as ch:
+                async with open_channel(address, self.tls) as ch:
                     resp = await pb_grpc.ClusterStub(ch).Status(pb.StatusRequest(all=False), timeout=1.0)
                 r = resp.replicas[0]
                 return {"id": r.id, "role": r.role, "applied_index": r.applied_index,
@@ -328,17 +328,23 @@ class Workloads:
         return result
 
 
-async def probe(addresses: list[str]) -> int:
+async def probe(addresses: list[str], tls: TlsCredentials | None) -> int:
     w = Workloads.__new__(Workloads)
     w.addresses = addresses
+    w.tls = tls
     print(json.dumps(await w.statuses()))
     return 0
+
+
+def _tls(args) -> TlsCredentials | None:
+    return TlsCredentials.from_cert_dir(Path(args.cert_dir), "client") if args.cert_dir else None
 
 
 async def amain(args) -> int:
     out = Path(args.out)
     control = Path(args.control)
-    w = Workloads(args.addresses.split(","), out, control, args.seed, args.concurrency, args.workloads.split(","))
+    w = Workloads(args.addresses.split(","), out, control, args.seed, args.concurrency, args.workloads.split(","),
+                  _tls(args))
     w.stale_reads = args.stale_reads
     await w.setup()
     (control / "ready").write_text(str(time.monotonic()))
@@ -365,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default="bank,register,set")
     p.add_argument("--stale-reads", action="store_true",
                    help="register reads at LOCAL consistency on any replica: a known bug, to see the checker fail")
+    p.add_argument("--cert-dir", help="cluster cert dir: connect with mutual TLS as the 'client' identity")
     p.add_argument("--probe", action="store_true", help="print every replica's status as JSON and exit")
     args = p.parse_args(argv)
     if args.probe:
-        return asyncio.run(probe(args.addresses.split(",")))
+        return asyncio.run(probe(args.addresses.split(","), _tls(args)))
     return asyncio.run(amain(args))
 
 
