@@ -37,8 +37,8 @@ from ta.postings import AccountSpec, Posting, PostingKind
 EVENTS_PER_REQUEST_MAX = 8190
 IDS_PER_LOOKUP_MAX = 8190
 KV_PAGE_MAX = 1000
-CHUNK_BYTES_MAX = 900_000  # under the ledger's 1 MiB KV value limit
-PUT_THREADS = 8
+CHUNK_BYTES_MAX = 256_000  # well under the 1 MiB KV value limit: big values slow replication
+PUT_THREADS = 2
 OUTCOME_RETRIES = 5
 
 OK = 0
