@@ -19,11 +19,28 @@ Layout (named databases; keys are raw bytes, integers big-endian):
     sm.<table>        one per name in ``ledger.tables.TABLES``: the state
                       machine's rows, exactly as ``MemoryTables`` holds them
 
-The environment is opened with sync and metasync on and never with
+The environment is opened with sync on, metasync off, and never with
 ``writemap`` (a full disk would then SIGBUS the process). Without it, LMDB
 writes new pages with ``pwrite`` and only then the meta page, so a failed
 commit (full disk, I/O error) leaves the last committed state intact and
 readable, and a later commit works once space returns.
+
+Which commits are durable (``write_step(sync=...)``, default
+``Persist.must_sync``): every commit fdatasyncs its data pages before it
+writes its meta page (LMDB's MDB_NOMETASYNC keeps atomicity and order: a
+meta page never reaches the disk ahead of the pages it points to). A step
+that must be durable (a promise or accepts, whose replies are sent once it
+returns) then also syncs the meta page (``env.sync``) before returning. A
+step that only moves the chosen point and applies does not: its meta page
+rides on the next commit's data sync. A power loss may then undo the last
+such steps, and only as a whole: ``applied_below``, the rows and the digest
+go back together to an earlier committed state, the accepted entries of
+those slots are still in the log (their own steps were synced), and the
+chosen point is relearned from peers, so the restarted replica applies the
+same slots again, deterministically, to the same rows. Clients are answered
+only for chosen slots, i.e. slots a majority holds durably, so no answer
+depends on an unsynced apply. A process crash loses nothing (the page cache
+survives it).
 
 Errors (the server maps them to gRPC codes; nothing here knows gRPC)::
 
@@ -113,6 +130,12 @@ class DataDirInUse(StorageError):
 
 class IncompatibleFormat(StorageError):
     """The directory was written by another storage format version."""
+
+
+class StorageSyncFailed(StorageError):
+    """An fsync failed after a commit: whether the step is durable is unknown,
+    and so is the page cache's state (as PostgreSQL concludes, the only safe
+    course is to restart from what the disk holds). Never retried."""
 
 
 class StorageCorrupt(StorageError):
@@ -319,7 +342,7 @@ class ReplicaStorage:
             subdir=True,
             max_dbs=_MAX_DBS,
             sync=True,
-            metasync=True,
+            metasync=False,  # durable steps sync the meta page themselves
             writemap=False,  # never: a full disk would SIGBUS the process
             map_async=False,
             lock=True,
@@ -500,14 +523,20 @@ class ReplicaStorage:
         self,
         persist: Persist,
         apply: Callable[[LmdbTables], int] | None = None,
+        sync: bool | None = None,
     ) -> None:
-        """Make one step of the driver loop durable, in one synced transaction.
+        """Make one step of the driver loop durable, in one transaction.
 
         Stores ``persist`` (promised ballot, accepted entries, chosen point);
         then, if ``apply`` is given, calls ``apply(tables)`` with an
         ``LmdbTables`` bound to the same transaction: the caller applies
         committed entries through it and returns the new ``applied_below``,
-        which is stored with the new state digest. Then commits (one fsync).
+        which is stored with the new state digest. Then commits.
+
+        ``sync`` (default ``persist.must_sync``): when true, the step is on
+        disk when this returns; when false (apply-only steps) it may be undone
+        by a power loss until the next synced step (module docstring: why
+        that is safe). Either way later steps never survive without it.
 
         All or nothing: if anything raises (the callback included) the
         transaction is aborted and neither the disk nor this object changes.
@@ -568,6 +597,18 @@ class ReplicaStorage:
         self._chosen_below = chosen_below
         self._applied_below = applied_below
         self._digest = digest
+        if persist.must_sync if sync is None else sync:
+            self._sync_meta("write_step")
+
+    def _sync_meta(self, what: str) -> None:
+        """Make the last commit durable (its data pages already are)."""
+        env = self._env
+        assert env is not None
+        try:
+            env.sync(True)
+        except lmdb.Error as e:
+            self._needs_reopen = True
+            raise StorageSyncFailed(f"{self.path}: {what}: fsync after commit failed: {e}") from e
 
     def compact_log(self, below_slot: int, memberships: tuple = ()) -> None:
         """Drop log entries below ``below_slot`` and move ``log_start`` there.
@@ -737,6 +778,7 @@ class ReplicaStorage:
         self._chosen_below = chosen_below
         self._log_start = index
         self._digest = digest
+        self._sync_meta("install_snapshot")
 
     def log_bytes(self) -> int:
         """Bytes of log entries stored (keys and values), from the log's B-tree stats."""
