@@ -31,7 +31,8 @@ Refusals answer UNAUTHENTICATED or PERMISSION_DENIED and are counted in
 ``ledger_auth_refused_total{reason}``.
 
 Limits enforced here as well: a public request (anything but the peer stream)
-above ``PUBLIC_REQUEST_BYTES_MAX`` is refused before it is parsed; the
+above ``PUBLIC_REQUEST_BYTES_MAX`` is refused before it is parsed, and one
+that does not parse is refused with INVALID_ARGUMENT (not INTERNAL); the
 server's HTTP/2 ``max_concurrent_streams`` bounds the requests one connection
 can have in progress (``server.py``).
 
@@ -180,11 +181,14 @@ async def _result(value):
     return value
 
 
-class _Oversized:
-    __slots__ = ("nbytes",)
+class _Refused:
+    """A request refused before its handler runs: too large, or not a valid message."""
 
-    def __init__(self, nbytes: int) -> None:
+    __slots__ = ("nbytes", "error")
+
+    def __init__(self, nbytes: int, error: str) -> None:
         self.nbytes = nbytes
+        self.error = error
 
 
 class Authorizer(grpc.aio.ServerInterceptor):
@@ -197,7 +201,8 @@ class Authorizer(grpc.aio.ServerInterceptor):
             "ledger_auth_refused_total", "calls refused by authentication or authorization, by reason",
             list(metrics._labels) + ["reason"], registry=metrics.registry,
         )
-        for reason in ("no_identity", "other_cluster", "role", "not_loopback", "request_too_large"):
+        for reason in ("no_identity", "other_cluster", "role", "not_loopback", "request_too_large",
+                       "malformed_request"):
             metrics.labels(self.refused, reason=reason)
         self._handlers: dict[str, Any] = {}
 
@@ -241,10 +246,14 @@ class Authorizer(grpc.aio.ServerInterceptor):
 
         async def check(request, context) -> None:
             verdict = deny(context, roles)
-            if verdict is None and type(request) is _Oversized:
-                verdict = (grpc.StatusCode.INVALID_ARGUMENT,
-                           f"a request of {request.nbytes} bytes is above the limit of "
-                           f"{PUBLIC_REQUEST_BYTES_MAX} bytes; split it", "request_too_large")
+            if verdict is None and type(request) is _Refused:
+                if request.error:
+                    verdict = (grpc.StatusCode.INVALID_ARGUMENT,
+                               f"the request is not a valid protobuf message ({request.error})", "malformed_request")
+                else:
+                    verdict = (grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a request of {request.nbytes} bytes is above the limit of "
+                               f"{PUBLIC_REQUEST_BYTES_MAX} bytes; split it", "request_too_large")
             if verdict is not None:
                 code, message, reason = verdict
                 labels(refused, reason=reason).inc()
@@ -256,8 +265,11 @@ class Authorizer(grpc.aio.ServerInterceptor):
 
             def deserializer(raw: bytes, _inner=inner_deserializer, _max=PUBLIC_REQUEST_BYTES_MAX):
                 if len(raw) > _max:
-                    return _Oversized(len(raw))
-                return _inner(raw)
+                    return _Refused(len(raw), "")
+                try:
+                    return _inner(raw)
+                except Exception as e:  # protobuf's DecodeError: answer INVALID_ARGUMENT, not INTERNAL
+                    return _Refused(len(raw), f"{type(e).__name__}: {e}")
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary
