@@ -17,8 +17,9 @@ lease from the moment it *sent* the heartbeat round that a majority
 acknowledged, and trusts it for ``lease_ticks`` of *its own* ticks. If clock
 rates differ by at most a factor ``(1 + d)`` in either direction, then
 
-    lease_ticks * (1 + d) ** 2 < election_timeout_min_ticks
+    (lease_ticks + 1) * (1 + d) ** 2 < election_timeout_min_ticks - 1
 
+(one tick of rounding on each side, since both are counted in whole ticks)
 guarantees that no majority can promise a new ballot while the old leader still
 believes its lease, so a lease read never returns stale state. ``validate``
 asserts that inequality with ``d = clock_drift_ppm / 1e6``. Where the clocks
@@ -104,9 +105,9 @@ class Config:
             "lease must outlast one heartbeat interval or it is never usable",
         )
         need(
-            self.lease_ticks * (1 + drift) ** 2 < self.election_timeout_min_ticks,
-            "lease_ticks * (1 + drift)^2 must stay below election_timeout_min_ticks "
-            "(see the module docstring)",
+            (self.lease_ticks + 1) * (1 + drift) ** 2 < self.election_timeout_min_ticks - 1,
+            "(lease_ticks + 1) * (1 + drift)^2 must stay below election_timeout_min_ticks - 1 "
+            "(see the module docstring; one tick of rounding on each side)",
         )
         need(self.retransmit_ticks >= 1, "retransmit_ticks must be >= 1")
         need(

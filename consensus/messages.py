@@ -79,8 +79,9 @@ class Prepare(Message):
 class Promise(Message):
     """Phase 1b: everything accepted at slots >= from_slot, with ballots.
 
-    ``chosen_below`` is the promiser's chosen point: the entries below it are
-    known chosen and can be marked so by the new leader at once.
+    ``chosen_below`` is the promiser's chosen point (the entries below it are
+    known chosen). The new leader re-proposes every slot from ``from_slot``
+    on anyway: a chosen value is recovered by the highest-ballot rule.
     """
 
     ballot: Ballot

@@ -132,6 +132,7 @@ class _LeaderState:
     # let the target campaign past stickiness at any time: no more lease
     # reads under this ballot (read index stays safe).
     lease_forfeited: bool = False
+    timeout_now_tick: int = -(1 << 30)
     peer_chosen: dict[int, int] = field(default_factory=dict)
     membership_slot: int | None = None  # slot of a membership change in flight
     membership_pending: Membership | None = None
@@ -314,7 +315,12 @@ class Replica:
         self._heartbeat_now = True
 
     def campaign(self) -> None:
-        """Start an election now (pre-vote first), as if the timeout had run out."""
+        """Start an election now (pre-vote first), as if the timeout had run out.
+
+        For operators and tests. It ends this replica's own stickiness at once,
+        so only call it when no leader whose lease this replica acknowledged
+        can still be serving reads (its timeout ran out, or it is gone).
+        """
         if self.role is not Role.LEADER and self.is_voter():
             self._start_prevote()
 
@@ -454,24 +460,28 @@ class Replica:
             return
         assert slot in self.accepted, f"slot {slot} chosen but its value is unknown"
         self._chosen_above.add(slot)
-        advanced = False
-        while self.chosen_below in self._chosen_above:
-            self._chosen_above.discard(self.chosen_below)
-            self._on_chosen(self.chosen_below)
-            self.chosen_below += 1
-            advanced = True
-        if advanced:
+        start = self.chosen_below
+        ls = self._leader
+        while True:
+            before = self.chosen_below
+            while self.chosen_below in self._chosen_above:
+                self._chosen_above.discard(self.chosen_below)
+                self._on_chosen(self.chosen_below)
+                self.chosen_below += 1
+            if ls is None or self.chosen_below == before:
+                break
+            # Slots whose membership just became certain may be chosen now
+            # (a loop, not recursion: a new leader may release a long run).
+            for s in range(before + self._alpha, self.chosen_below + self._alpha):
+                acks = ls.acks.get(s)
+                if acks is not None and s not in self._chosen_above and self.members.at(s).has_quorum(acks):
+                    self._chosen_above.add(s)
+        if self.chosen_below > start:
             self._persist_chosen = True
-            if self._leader is not None:
-                ls = self._leader
+            if ls is not None:
                 for s in [s for s in ls.acks if s < self.chosen_below]:
                     del ls.acks[s]
                     ls.sent_tick.pop(s, None)
-                # Slots whose membership just became certain may be chosen now.
-                for s in sorted(ls.acks):
-                    if s >= self.chosen_below + self._alpha:
-                        break
-                    self._maybe_choose(s)
 
     def _maybe_choose(self, slot: int) -> None:
         """Leader: mark ``slot`` chosen if a majority of its membership accepted it.
@@ -938,6 +948,9 @@ class Replica:
         target = ls.transfer_to
         if any(target not in acks for acks in ls.acks.values()):
             return  # the target still misses slots; wait for its acks
+        if self.now - ls.timeout_now_tick < self.config.retransmit_ticks:
+            return  # sent recently; once per retransmit interval is enough
+        ls.timeout_now_tick = self.now
         self._messages.append(TimeoutNow(self.id, target, ls.ballot))
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:

@@ -31,7 +31,7 @@ from typing import Callable
 
 from consensus import Config, DurableState, Refused, Replica, Role
 from consensus.membership import MembershipError
-from consensus.messages import Message
+from consensus.messages import Accepted, Message, Promise
 from sim.checker import Checker
 from sim.network import Network, NetworkProfile
 from sim.storage import SimStorage
@@ -81,7 +81,7 @@ class FaultProfile:
         return (
             f"replicas={self.replicas} loss={n.loss} dup={n.duplicate} delay={n.delay_min}-{n.delay_max} "
             f"crash={self.crash_rate} mid_step={self.crash_mid_step} partition={self.partition_rate} "
-            f"pause={self.pause_rate} propose={self.propose_rate} read={self.read_rate} drift={self.drift:.3f} "
+            f"tail={n.tail} pause={self.pause_rate} propose={self.propose_rate} read={self.read_rate} drift={self.drift:.3f} "
             f"transfer={self.transfer_rate} membership={self.membership_rate} compact={self.compact_rate} "
             f"leader_fault={self.leader_fault_rate} window={self.window_slots}"
         )
@@ -214,6 +214,7 @@ class Simulation:
         node.storage.write(ready.persist, applied_below)
         if ready.persist.promised is not None and ready.persist.must_sync:
             self.checker.on_durable_promised(node.id, ready.persist.promised)
+        self._check_durable_before_send(node, ready.messages)
         for msg in ready.messages:
             for delay in self.net.delays(msg.src, msg.dst):
                 self._schedule(delay, "msg", msg)
@@ -235,6 +236,22 @@ class Simulation:
             for delay in self.net.delays(ready.snapshot_peer, node.id):
                 self._schedule(delay * 3, "snapshot", (ready.snapshot_peer, node.id))
                 break
+
+    def _check_durable_before_send(self, node: _Node, messages: list) -> None:
+        """A promise or an acceptance may leave only once it is on disk."""
+        disk = node.storage
+        for msg in messages:
+            if isinstance(msg, Promise) and disk.promised < msg.ballot:
+                self.checker.fail(f"r{node.id} sent a promise of {msg.ballot} before persisting it")
+            elif isinstance(msg, Accepted):
+                if disk.promised < msg.ballot:
+                    self.checker.fail(f"r{node.id} acknowledged ballot {msg.ballot} before persisting it")
+                for slot in msg.slots:
+                    if slot < disk.log_start or node.replica.chosen_value(slot) is not None:
+                        continue  # a chosen slot keeps its value whatever ballot is on disk
+                    entry = disk.accepted.get(slot)
+                    if entry is None or entry[0] < msg.ballot:
+                        self.checker.fail(f"r{node.id} acknowledged slot {slot} before persisting it")
 
     def _finish_reads(self, node: _Node) -> None:
         for token, (floor, index) in list(node.reads.items()):

@@ -16,6 +16,9 @@ class NetworkProfile:
     duplicate: float = 0.0  # probability a message is delivered twice
     delay_min: int = 1  # time units
     delay_max: int = 5
+    tail: float = 0.0  # probability of a delay far beyond the timeouts
+    tail_min: int = 150
+    tail_max: int = 400
 
     @classmethod
     def draw(cls, rng: random.Random) -> "NetworkProfile":
@@ -25,6 +28,7 @@ class NetworkProfile:
             duplicate=rng.choice([0.0, 0.0, 0.01, 0.05, 0.1]),
             delay_min=delay_min,
             delay_max=delay_min + rng.choice([1, 3, 10, 30]),
+            tail=rng.choice([0.0, 0.0, 0.01, 0.03]),
         )
 
 
@@ -44,6 +48,8 @@ class Network:
             return []
         p = self.profile
         out = [self.rng.randint(p.delay_min, p.delay_max)]
+        if p.tail and self.rng.random() < p.tail:
+            out[0] += self.rng.randint(p.tail_min, p.tail_max)
         if self.rng.random() < p.duplicate:
             out.append(self.rng.randint(p.delay_min, p.delay_max * 2))
         return out

@@ -1,10 +1,7 @@
 """Scenarios at the edges of leases, leadership transfer and snapshots.
 
 Each test drives replicas message by message with the Harness of
-``test_consensus_scenarios``. Tests marked ``xfail(strict=True)`` describe a
-known defect: they pass (as expected failures) while the defect is there, and
-turn into an unexpected pass once it is fixed, so the mark must then go.
-The others were defects once and guard their fixes.
+``test_consensus_scenarios``. Each was a defect once and guards its fix.
 """
 
 from __future__ import annotations
@@ -277,12 +274,6 @@ def test_transfer_campaign_respects_the_lease_of_a_different_leader():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="_mark_chosen and _maybe_choose call each other once per slot when a new leader's "
-    "recovered slots beyond the window become countable, so a long run overflows the stack",
-)
 def test_new_leader_far_behind_chooses_a_long_run_of_recovered_slots():
     from consensus.messages import Accept, Accepted
 
@@ -310,4 +301,5 @@ def test_new_leader_far_behind_chooses_a_long_run_of_recovered_slots():
     h.deliver(lambda m: m.dst != 1)
     h.inflight.extend(first)
     h.deliver(lambda m: m.dst != 1)
+    _push(h, 2, lambda m: m.dst != 1)  # the follower learns the last chosen point
     assert h.r[2].chosen_below == h.r[3].chosen_below

@@ -41,3 +41,22 @@ def test_broken_phase1_is_caught_within_ci_seeds():
         if Simulation(seed, replica_class=LowestBallotWins).run().violations:
             return
     raise AssertionError("the simulator missed a core that ignores the highest-ballot rule")
+
+
+class EternalLease(Replica):
+    """A leader that trusts its lease forever and never notices it lost its majority."""
+
+    def lease_valid(self):
+        ls = self._leader
+        return ls is not None and self.chosen_below > ls.noop_slot
+
+    def _tick_leader(self):
+        self._leader.last_quorum_tick = self.now
+        super()._tick_leader()
+
+
+def test_broken_lease_is_caught_within_ci_seeds():
+    for seed in range(1, 201):
+        if Simulation(seed, replica_class=EternalLease).run().violations:
+            return
+    raise AssertionError("the simulator missed a leader that serves stale lease reads")
