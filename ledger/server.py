@@ -121,7 +121,23 @@ assert SLOT_EVENT_BYTES_MAX + COMMAND_OVERHEAD_BYTES * SLOT_COMMANDS_MAX < cmd.B
 assert cmd.EVENTS_PER_COMMAND_MAX * 128 <= SLOT_EVENT_BYTES_MAX
 
 
+
+def _consensus_clock() -> float:
+    """Seconds on the clock that drives consensus ticks.
+
+    CLOCK_BOOTTIME keeps counting while the machine is suspended (the
+    monotonic clock stops), so a leader resumed after a suspend delivers every
+    tick it missed and sees its lease expired before it serves a read.
+    """
+    return time.clock_gettime(_BOOTTIME)
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 @dataclass(slots=True)
+
+
 class PendingWrite:
     command: Any  # a ledger.commands command
     events: int
@@ -374,8 +390,10 @@ class Driver:
         self._membership_requests.clear()
 
     def members(self) -> dict:
-        """The current membership as this replica sees it (the leader knows progress)."""
+        """The current membership, from the leader (only it knows the members' progress)."""
         r = self.replica
+        if r.role is not Role.LEADER:
+            raise self.not_leader("list the members with their progress")
         m = r.membership
         # Read-only look at the leader's per-peer progress (heartbeat acks).
         ls = r._leader
@@ -580,7 +598,7 @@ class Driver:
             rank = self.topology.zone_rank(spec) if spec else None
             if rank is None or (my_rank is not None and rank >= my_rank):
                 continue
-            healthy = ls.hb_acked.get(number, 0) >= ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS
+            healthy = number in ls.hb_acked and ls.hb_acked[number] >= ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS
             caught_up = ls.peer_chosen.get(number, 0) + CAUGHT_UP_SLOTS >= r.chosen_below
             if not (healthy and caught_up):
                 self._primary_ready_since.pop(number, None)
@@ -624,12 +642,12 @@ class Driver:
         self._storage_thread.shutdown(wait=True)
 
     async def _run(self) -> None:
-        origin = time.monotonic()
+        origin = _consensus_clock()
         ticks_done = 0
         try:
             while not self._stopping:
                 next_tick_at = origin + (ticks_done + 1) * self.tick_s
-                delay = next_tick_at - time.monotonic()
+                delay = next_tick_at - _consensus_clock()
                 if delay > 0 and not self._has_input():
                     self._wake.clear()
                     try:
@@ -638,7 +656,7 @@ class Driver:
                         pass
                 else:
                     await asyncio.sleep(0)  # never starve the gRPC handlers
-                due = int((time.monotonic() - origin) / self.tick_s)
+                due = int((_consensus_clock() - origin) / self.tick_s)
                 await self._turn(due - ticks_done)
                 ticks_done = max(ticks_done, due)
         except Exception:
