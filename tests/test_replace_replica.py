@@ -12,7 +12,10 @@ compaction keeps the log bounded). Every process is killed by PID at the end.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -114,6 +117,14 @@ def test_replace_dead_replica_by_snapshot(cluster):
         w.wait_more(BATCH, "after the replacement")
     assert w.acked
     assert _members(cluster) == {"r1": "voter", "r2": "voter", "r4": "voter"}
+    listing = subprocess.run(
+        [sys.executable, "-m", "ledger.ledgerctl", "--address", ",".join(cluster.addresses.values()),
+         "--json", "members", "list"], capture_output=True, text=True, timeout=60,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert {m["id"]: m["kind"] for m in json.loads(listing.stdout)["members"]} == {
+        "r1": "voter", "r2": "voter", "r4": "voter"}
     log = (cluster.data / "r4.log").read_text()
     assert "snapshot installed" in log, "r4 should have caught up by a snapshot"
     cluster.wait_converged(120)
@@ -125,6 +136,18 @@ def test_replace_dead_replica_by_snapshot(cluster):
     assert len(set(w.acked)) == len(w.acked)
     assert len(found) == len(w.acked)
     assert b.credits_posted == a.debits_posted == len(w.acked)
+
+
+def test_restarts_keep_the_new_membership(cluster):
+    """r4 (installed from a snapshot) and r2 restart with the membership they had: r1, r2, r4 vote."""
+    digest = cluster.wait_converged(120)
+    for rid in ("r4", "r2"):
+        cluster.restart(rid)
+        cluster.wait_leader()
+    assert _members(cluster) == {"r1": "voter", "r2": "voter", "r4": "voter"}
+    with cluster.client() as c:
+        c.kv_put(b"after-restarts", b"1")
+    assert cluster.wait_converged(120) != digest
 
 
 def test_leadership_follows_primary_zone(cluster):
