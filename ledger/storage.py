@@ -85,9 +85,10 @@ from consensus.ready import DurableState, Persist
 from ledger import digest as _digest
 from ledger.tables import TABLES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest leaves out ledger.digest.PROJECTION_TABLES
 DEFAULT_MAP_SIZE_BYTES = 32 << 30  # address space only: the file grows as used
 KEY_BYTES_MAX = 511  # LMDB's compiled-in key limit
+_UNHASHED = _digest.PROJECTION_TABLES
 _TABLE_DB_PREFIX = b"sm."
 _META_DB = b"replica.meta"
 _ACCEPTOR_DB = b"replica.acceptor"
@@ -274,6 +275,9 @@ class LmdbTables(LmdbTableReader):
     def put(self, table: bytes, key: bytes, value: bytes) -> None:
         cursor = self._cursors.get(table) or self._cursor(table)
         try:
+            if table in _UNHASHED:  # no old value needed for the digest
+                cursor.put(key, value)
+                return
             old = cursor.replace(key, value)
         except lmdb.BadValsizeError as e:
             raise ValueError(
@@ -513,6 +517,8 @@ class ReplicaStorage:
         total = 0
         row_hash = _digest.row_hash
         for table in TABLES:
+            if table in _UNHASHED:
+                continue  # their rows hash to 0
             for key, value in txn.cursor(db=self._tables[table]).iternext():
                 total += row_hash(table, key, value)
         return total % _digest.MODULUS
