@@ -11,8 +11,9 @@ A cluster runs in one of two modes, chosen by its topology (``cluster.topology``
 
 ``plaintext``  (no ``[tls]`` table)
     Allowed only when every address of the topology is loopback (a dev
-    cluster on one machine), or when the replica runs in a private network
-    namespace (the chaos suite's test hosts); anything else refuses to start.
+    cluster on one machine), or when the replica runs in a named private
+    network namespace (the chaos suite's test hosts, made with ``ip netns``);
+    anything else refuses to start.
     A warning says so at start-up. Without certificates there are no
     identities: every caller that can reach the port is trusted as a client
     and, when it connects from loopback, as the admin. So on a plaintext dev
@@ -91,11 +92,19 @@ class SecurityError(Exception):
 
 
 def in_private_network_namespace() -> bool:
-    """True if this process runs in a network namespace other than the host's (pid 1's)."""
+    """True if this process runs in a named network namespace (``ip netns add``/``exec``).
+
+    Such a namespace is private to whoever made it (the chaos suite's test
+    hosts); the host's own namespace is not one of them."""
     try:
-        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
+        me = os.stat("/proc/self/ns/net")
+        for entry in os.scandir("/run/netns"):
+            st = os.stat(entry.path)
+            if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+                return True
     except OSError:
         return False
+    return False
 
 
 def replica_number(identity: Identity) -> int | None:
