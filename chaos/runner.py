@@ -39,7 +39,7 @@ from cluster import topology as topo
 RUNS_ROOT = ROOT / "data" / "chaos"
 LEADER_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 90.0
-WORKLOAD_EXIT_TIMEOUT_S = 240.0
+WORKLOAD_EXIT_TIMEOUT_S = 300.0  # the workload's final phase is bounded at ~200 s
 PROBE_TIMEOUT_S = 15.0
 TMPFS_SOURCE = "chaos-tmpfs"
 TMPFS_SIZE = "256m"
@@ -246,6 +246,14 @@ def _final_heal(ctx: Context) -> None:
 # ---------------------------------------------------------------- verdicts and survival
 
 
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
+
+
 def _load(run_dir: Path, name: str) -> History:
     path = run_dir / f"{name}.jsonl"
     return History.load(path) if path.exists() else History()
@@ -274,12 +282,14 @@ def judge(run_dir: Path, windows: list[dict], result: dict) -> dict:
     }
     checkers_ok = all(v.valid is not False for v in verdicts)
     decided = all(v.valid is not None for v in verdicts) and bool(verdicts)
-    out["valid"] = bool(checkers_ok and converged and decided)
+    out["valid"] = bool(checkers_ok and converged and decided and not result.get("replica_exits_before_stop"))
     out["why_not_valid"] = [
         *(f"{v.checker}: {v.errors[:3]}" for v in verdicts if v.valid is False),
         *(f"{v.checker}: undecided ({v.errors[:1]})" for v in verdicts if v.valid is None),
         *([] if converged else ["replicas did not converge to one digest after the heal"]),
         *([] if verdicts else ["no history was recorded"]),
+        *(f"replica {rid} exited (code {code}) before the end of the run: {_last_line(run_dir / (rid + '.log'))}"
+          for rid, code in (result.get("replica_exits_before_stop") or {}).items()),
     ]
     out["survival"] = survival(histories, windows, result.get("t0"), final)
     ops = sum(len(h) for h in histories.values())

@@ -50,6 +50,8 @@ OP_TIMEOUT_S = 3.0
 ATTEMPT_TIMEOUT_S = 1.0
 SETUP_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 60.0
+FINAL_READS_TIMEOUT_S = 60.0  # all final-read attempts of one workload together
+FINAL_READ_TIMEOUT_S = 15.0  # one final read (the set's may be several pages of 8,190)
 POLL_S = 0.1
 OPS_MAX = 1_000_000  # per run, all workloads together: a hard stop
 
@@ -250,8 +252,8 @@ class Workloads:
         elements: list[int] = []
         ts_min = 0
         while True:
-            batch = await self.client.get_account_transfers(SET_FROM, timestamp_min=ts_min, limit=8190,
-                                                            credits=False)
+            batch = await self.final_client.get_account_transfers(SET_FROM, timestamp_min=ts_min, limit=8190,
+                                                                  credits=False)
             elements.extend(t.id for t in batch)
             if len(batch) < 8190:
                 return elements
@@ -309,22 +311,31 @@ class Workloads:
                 break
             await asyncio.sleep(POLL_S)
         result["statuses"] = last
-        # 3. final reads
+        print(f"final: write_ok_at={result['write_ok_at']} converged_at={result['converged_at']}", flush=True)
+        # 3. final reads, with a patient client of their own and one overall budget
+        self.final_client = AsyncClient(self.addresses, timeout_s=FINAL_READ_TIMEOUT_S, attempt_timeout_s=5.0,
+                                        tls=self.tls)
         if "bank" in self.workloads:
             h = self.histories["bank"]
-            for _ in range(20):
+            deadline = time.monotonic() + FINAL_READS_TIMEOUT_S
+            while time.monotonic() < deadline:
                 async def read():
-                    accounts = await self.client.lookup_accounts(BANK_ACCOUNTS)
+                    accounts = await self.final_client.lookup_accounts(BANK_ACCOUNTS)
                     return {a.id: a.credits_posted - a.debits_posted for a in accounts}
                 status, _ = await self._op(h, 999_999, "read", None, read, is_read=True)
                 if status == "ok":
                     break
+                await asyncio.sleep(POLL_S)
         if "set" in self.workloads:
             h = self.histories["set"]
-            for _ in range(20):
+            deadline = time.monotonic() + FINAL_READS_TIMEOUT_S
+            while time.monotonic() < deadline:
                 status, elements = await self._op(h, 999_999, "read", None, self.set_final_read, is_read=True)
+                print(f"final: set read {status} ({len(elements or [])} elements)", flush=True)
                 if status == "ok":
                     break
+                await asyncio.sleep(POLL_S)
+        await self.final_client.close()
         return result
 
 
