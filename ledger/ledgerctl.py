@@ -447,6 +447,11 @@ def _fix_for(e: Exception) -> str:
         return "this needs the admin identity: --identity admin, or the admin certificate with --cert/--key/--ca"
     if isinstance(e, errors.Unauthenticated):
         return "connect with a certificate of this cluster's CA (--cert-dir, or --cert/--key/--ca)"
+    text = getattr(e, "message", str(e))
+    if any(sign in text for sign in ("Socket closed", "handshake", "SSL", "Ssl")):
+        return ("the connection was closed at once: if the cluster uses TLS, connect with its certificates "
+                "(--cluster TOPOLOGY with a [tls] table, --cert-dir DIR, or --cert/--key/--ca); "
+                "else check that a majority of replicas runs")
     if isinstance(e, errors.NotLeader):
         return "start the cluster (python -m cluster up one-city) or check that a majority of replicas runs"
     if isinstance(e, errors.DeadlineExceeded):
