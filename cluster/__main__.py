@@ -346,6 +346,12 @@ def cmd_add(args) -> int:
     pid = state["pids"].get(args.id, 0)
     if pid and pid_runs_replica(pid, args.id):
         raise LauncherError(f"{args.id} is already running (pid {pid})")
+    if state.get("cert_dir"):  # a replica listed after `up` gets its certificate from the same CA
+        from cluster import certs
+
+        _dir, written = certs.generate_for_topology(topology, Path(state["cert_dir"]))
+        if written:
+            print(f"made TLS certificates {', '.join(written)} in {_dir}", file=sys.stderr)
     state["pids"][args.id] = spawn(Path(state["topology"]), spec, run_dir, state.get("cert_dir"))
     save_state(run_dir, state)
     print(f"started {args.id} (pid {state['pids'][args.id]}) as a learner-to-be; now add it: "

@@ -40,8 +40,8 @@ DEADLINE_S = 30.0
 class SecureCluster(LocalCluster):
     """A LocalCluster whose topology has a ``[tls]`` table (certificates made by ``cluster up``)."""
 
-    def __init__(self, replicas: int = 3, cluster_id: str = "sec") -> None:
-        super().__init__(replicas, cluster_id)
+    def __init__(self, replicas: int = 3, cluster_id: str = "sec", **kwargs) -> None:
+        super().__init__(replicas, cluster_id, **kwargs)
         self.cluster_id = cluster_id
         self.cert_dir = self.dir / "certs"
         with open(self.topology, "a") as f:
