@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter scenarios (under two minutes)")
     parser.add_argument("--seconds", type=float, help="duration of each load run (default 5; quick 3)")
     parser.add_argument("--gap-rounds", type=int, help="leader kills (default 10; quick 3)")
+    parser.add_argument("--tick-ms", type=int,
+                        help="consensus tick period of the bench cluster (default: the topology default)")
     parser.add_argument("--out", default=os.environ.get("BENCH_JSON", "bench/results.json"),
                         help="write the figures as JSON here (default $BENCH_JSON or bench/results.json)")
     args = parser.parse_args(argv)
@@ -305,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     cluster = LocalCluster(REPLICAS, cluster_id="bench")
+    if args.tick_ms:
+        with open(cluster.topology, "a") as f:
+            f.write(f"\n[timing]\ntick_ms = {args.tick_ms}\n")
     results: dict = {
         "mode": "quick" if args.quick else "full", "started_unix": round(started),
         "load_average_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-        "load": [], "write_gap_ms": [],
+        "tick_ms": args.tick_ms or "default", "load": [], "write_gap_ms": [],
     }
     print(f"bench ({results['mode']}): {REPLICAS} replicas on loopback, fsync {FSYNC}; "
           f"load average {results['load_average_start'][0]:.2f} on {os.cpu_count()} cores", flush=True)
@@ -382,7 +387,7 @@ def _summarize(results: dict, seconds: float, gap_rounds: int) -> None:
         }
     gaps = results["write_gap_ms"]
     if gaps:
-        results["failover_ms_median"] = statistics.median(gaps)
+        results["failover_ms_median"] = round(statistics.median(gaps), 1)
         results["failover_ms_max"] = max(gaps)
         results["failover_conditions"] = dict(
             base, kills=len(gaps), clients=1, batch_size=1,
