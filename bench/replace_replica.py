@@ -108,12 +108,20 @@ def disk(args) -> dict:
                 t0 = time.monotonic()
                 next_id = 1
                 while time.monotonic() - t0 < args.seconds:
+                    if args.kv:  # overwrites: the state stays the same size
+                        for k in range(200):
+                            cl.kv_put(b"key-%d" % (k % 50), b"v" * 1000 + b"%d" % next_id)
+                        next_id += 200
+                        size = os.path.getsize(c.data / "r1" / "data.mdb")
+                        samples.append((round(time.monotonic() - t0, 1), next_id - 1, size))
+                        continue
                     _load(cl, next_id, 4 * args.batch, batch=args.batch, pipeline=4)
                     next_id += 4 * args.batch
                     size = os.path.getsize(c.data / "r1" / "data.mdb")
                     samples.append((round(time.monotonic() - t0, 1), next_id - 1, size))
             out[label] = {"samples_t_s_transfers_bytes": samples[:: max(1, len(samples) // 12)] + samples[-1:],
-                          "final_data_mdb_bytes": samples[-1][2], "transfers": samples[-1][1]}
+                          "final_data_mdb_bytes": samples[-1][2],
+                          "kv_puts" if args.kv else "transfers": samples[-1][1]}
         finally:
             c.stop()
     return out
@@ -175,6 +183,7 @@ def main() -> None:
     q.add_argument("--batch", type=int, default=2000)
     q.add_argument("--every", type=int, default=64)
     q.add_argument("--keep", type=int, default=16)
+    q.add_argument("--kv", action="store_true", help="KV overwrites of 50 keys (bounded state) instead of transfers")
     q.set_defaults(func=disk)
     q = sub.add_parser("primary")
     q.add_argument("--moves", type=int, default=5)

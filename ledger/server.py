@@ -30,6 +30,16 @@ Limits: the proposal queue holds at most ``QUEUE_EVENTS_MAX`` events; beyond
 that a write is answered RESOURCE_EXHAUSTED at once. A write whose deadline
 passes before it is proposed is never proposed.
 
+Snapshots and membership (issue 5): after applying, the driver compacts the
+log every ``[snapshot] every_slots`` slots (``_maybe_compact``); when the core
+says peers no longer hold what it lacks (``Ready.snapshot_needed_from``), a
+background task streams the peer's snapshot into a spool file
+(``_fetch_snapshot``) and the next turn installs it (``_install_received_snapshot``)
+before anything else. Membership changes are queued for the turn like
+leadership transfers; a leader outside the primary zone hands leadership to a
+caught-up voter there after ``primary_hold_ms`` (``_maybe_move_to_primary_zone``).
+Membership values in the log are the core's; they never reach the state machine.
+
 A storage failure (full disk, I/O error) means the step did not happen: the
 driver stops (answers FAILED_PRECONDITION to new requests), retries the same
 step with backoff, and only then sends its messages, so nothing promised or
@@ -107,6 +117,8 @@ STREAMS_PER_CONNECTION_MAX = 1024
 STORAGE_IN_THREAD = os.environ.get("LEDGER_STORAGE_THREAD", "1") != "0"
 # Snapshots (see ``ledger.storage``: the state tables are the snapshot).
 SNAPSHOT_SERVES_MAX = 2  # peers streaming our snapshot at once
+# Test hook (integration tests cut a transfer in the middle): pause between chunks sent.
+SNAPSHOT_CHUNK_DELAY_S = float(os.environ.get("LEDGER_SNAPSHOT_CHUNK_DELAY_S", "0"))
 SNAPSHOT_RETRY_S = 0.5  # after a failed transfer, wait this long before the next
 SNAPSHOT_FETCH_TIMEOUT_S = 3600.0  # one whole transfer; a broken stream fails sooner
 # A member is caught up when its chosen point is within this many slots of the
@@ -471,6 +483,8 @@ class Driver:
                     if chunk is None:
                         break
                     yield chunk
+                    if SNAPSHOT_CHUNK_DELAY_S:
+                        await asyncio.sleep(SNAPSHOT_CHUNK_DELAY_S)
         finally:
             self._snapshot_serving -= 1
             reader.shutdown(wait=False)
