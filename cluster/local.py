@@ -56,9 +56,12 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05)
 
 class LocalCluster:
     def __init__(self, replicas: int = 3, cluster_id: str = "itest", *, joiners: int = 0,
-                 primary_zone: str = "dc1", extra_toml: str = "") -> None:
+                 primary_zone: str = "", extra_toml: str = "") -> None:
         """``joiners`` more replicas are listed with ``join = true`` (started by
-        ``add``); ``extra_toml`` goes before the replicas (``[snapshot]``, ...)."""
+        ``add``); ``extra_toml`` goes before the replicas (``[snapshot]``, ...).
+        No primary zone by default: leadership then stays where elections put
+        it, as tests of failover and leadership transfer expect (data centers
+        are dc1, dc2, ... in replica order)."""
         self.dir = Path(tempfile.mkdtemp(prefix="ledger-itest-"))
         total = replicas + joiners
         ports = free_ports(2 * total)
