@@ -133,6 +133,8 @@ class _LeaderState:
     # reads under this ballot (read index stays safe).
     lease_forfeited: bool = False
     timeout_now_tick: int = -(1 << 30)
+    heartbeat_tick: int = 0  # when the timers last sent a heartbeat round
+    retransmit_tick: int = 0
     peer_chosen: dict[int, int] = field(default_factory=dict)
     membership_slot: int | None = None  # slot of a membership change in flight
     membership_pending: Membership | None = None
@@ -259,8 +261,25 @@ class Replica:
 
     # ----------------------------------------------------------------- inputs
 
-    def tick(self) -> None:
-        self.now += 1
+    def tick(self, ticks: int = 1) -> None:
+        """``ticks`` units of time passed: advance the clock, then run the timers."""
+        self.advance(ticks)
+        self.run_timers()
+
+    def advance(self, ticks: int) -> None:
+        """Advance the clock without running timers.
+
+        A driver that stalled (a long disk step, a paused process) advances by
+        every tick it missed, then steps the messages that arrived meanwhile,
+        then calls ``run_timers``: a follower whose leader's heartbeats are in
+        that backlog does not start a needless election, and a leader judges
+        its lease on the advanced clock. Stepping messages late only lengthens
+        stickiness, which is the safe direction for leases.
+        """
+        assert ticks >= 0
+        self.now += ticks
+
+    def run_timers(self) -> None:
         if self.role is Role.LEADER:
             self._tick_leader()
         elif self.now >= self._election_deadline:
@@ -696,6 +715,7 @@ class Replica:
         self._transfer_campaign = False
         ls = _LeaderState(ballot=ballot, next_slot=max(from_slot, self.chosen_below), noop_slot=0)
         ls.last_quorum_tick = self.now
+        ls.heartbeat_tick = ls.retransmit_tick = self.now
         self._leader = ls
         for s in range(from_slot, top + 1):
             if s < self.chosen_below:
@@ -852,9 +872,11 @@ class Replica:
                 self._leader_propose(NOOP)
         if ls.transfer_to and self.now >= ls.transfer_deadline:
             ls.transfer_to = 0  # the transfer failed; carry on leading
-        if self.now % cfg.heartbeat_ticks == 0:
+        if self.now - ls.heartbeat_tick >= cfg.heartbeat_ticks:
+            ls.heartbeat_tick = self.now
             self._heartbeat_now = True
-        if self.now % cfg.retransmit_ticks == 0:
+        if self.now - ls.retransmit_tick >= cfg.retransmit_ticks:
+            ls.retransmit_tick = self.now
             self._retransmit()
 
     def _retransmit(self) -> None:

@@ -699,12 +699,16 @@ class Driver:
         r = self.replica
         if self._snapshot_received is not None:
             await self._install_received_snapshot()
-        for _ in range(ticks):
-            r.tick()
+        # Clock first, then the messages that arrived meanwhile, then the
+        # timers: after a stall, heartbeats in the backlog keep a follower
+        # from starting a needless election (consensus.Replica.advance).
+        r.advance(ticks)
         if self._inbox:
             inbox, self._inbox = self._inbox, []
             for m in inbox:
                 r.step(m)
+        if ticks:
+            r.run_timers()
         self._propose_queued()
         self._maybe_propose_expiry_noop()
         for target, future in self._transfer_requests:

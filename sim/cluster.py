@@ -366,16 +366,18 @@ class Simulation:
         if not node.missed_ticks and not node.inbox_while_paused:
             return
         self._say(f"r{rid} resumes after {node.missed_ticks} ticks")
-        # The server catches up on elapsed monotonic time before anything else.
-        for _ in range(node.missed_ticks):
-            node.replica.tick()
+        # The server advances its clock by every tick it missed before
+        # anything else, steps the backlog, and only then runs its timers.
+        node.replica.advance(node.missed_ticks)
         node.missed_ticks = 0
-        self._drive(node)
         inbox, node.inbox_while_paused = node.inbox_while_paused, []
         for msg in inbox:
             if node.replica is None:
-                break
+                return
             node.replica.step(msg)
+            self._drive(node)
+        if node.replica is not None:
+            node.replica.run_timers()
             self._drive(node)
 
     def _on_restart(self, rid: int) -> None:
