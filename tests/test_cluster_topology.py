@@ -76,3 +76,32 @@ def test_mistakes_are_refused_with_the_cause(tmp_path, over, why):
 def test_unknown_topology_names_the_shipped_ones():
     with pytest.raises(topo.TopologyError, match="one-city"):
         topo.load("no-such-topology")
+
+
+def test_joining_replicas_primary_zone_list_and_snapshot_settings(tmp_path):
+    """A ``join = true`` replica is not an initial voter (nor counted in 1/3/5/7);
+    primary_zone may be an ordered list; [snapshot] and primary_hold_ms are read."""
+    path = tmp_path / "t.toml"
+    path.write_text(_write(tmp_path).read_text().replace('primary_zone = "d1"', 'primary_zone = ["d2", "c"]') + """
+[timing]
+primary_hold_ms = 500
+
+[snapshot]
+every_slots = 100
+keep_slots = 10
+
+[[replica]]
+id = "r4"
+city = "c"
+data_center = "d4"
+address = "127.0.0.1:4"
+metrics_port = 9004
+data_dir = "data/r4"
+join = true
+""")
+    t = topo.load(path)
+    assert t.initial_voters == (1, 2, 3) and t.replica("r4").join
+    assert t.primary_zones == ("d2", "c") and t.primary_zone == "d2"
+    assert t.zone_rank(t.replica("r2")) == 0 and t.zone_rank(t.replica("r1")) == 1
+    assert (t.primary_hold_ms, t.snapshot_every_slots, t.snapshot_keep_slots) == (500, 100, 10)
+    assert topo.load(_write(tmp_path)).zone_rank(topo.load(_write(tmp_path)).replica("r2")) is None
