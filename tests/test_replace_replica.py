@@ -95,6 +95,16 @@ def cluster():
         c.stop()
 
 
+def _ledgerctl(cluster, *args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger.ledgerctl", "--address", ",".join(cluster.addresses.values()),
+         "--json", *args], capture_output=True, text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
 def _members(cluster) -> dict[str, str]:
     with cluster.client() as c:
         return {m.id: m.kind for m in c.list_members().members}
@@ -109,22 +119,17 @@ def test_replace_dead_replica_by_snapshot(cluster):
         w.wait_more(100 * BATCH // 10, "with r3 dead")  # many slots: the logs compact past r4's start
         cluster.add("r4")
         w.wait_more(BATCH, "after r4 started")
+        added = _ledgerctl(cluster, "members", "add", "r4")
+        assert added["slot"] > 0
+        assert {m["id"]: m["kind"] for m in added["members"]}["r4"] == "learner"
         with cluster.client() as c:
-            c.change_membership("add_learner", "r4")
-            assert _members(cluster)["r4"] == "learner"
             w.wait_more(BATCH, "after adding r4")
             c.replace_member("r3", "r4", catch_up_timeout_s=120)  # waits until caught up, promotes, removes
         w.wait_more(BATCH, "after the replacement")
     assert w.acked
     assert _members(cluster) == {"r1": "voter", "r2": "voter", "r4": "voter"}
-    listing = subprocess.run(
-        [sys.executable, "-m", "ledger.ledgerctl", "--address", ",".join(cluster.addresses.values()),
-         "--json", "members", "list"], capture_output=True, text=True, timeout=60,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    assert listing.returncode == 0, listing.stderr
-    assert {m["id"]: m["kind"] for m in json.loads(listing.stdout)["members"]} == {
-        "r1": "voter", "r2": "voter", "r4": "voter"}
+    listing = _ledgerctl(cluster, "members", "list")
+    assert {m["id"]: m["kind"] for m in listing["members"]} == {"r1": "voter", "r2": "voter", "r4": "voter"}
     log = (cluster.data / "r4.log").read_text()
     assert "snapshot installed" in log, "r4 should have caught up by a snapshot"
     cluster.wait_converged(120)
