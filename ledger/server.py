@@ -670,9 +670,16 @@ class Driver:
                         pass
                 else:
                     await asyncio.sleep(0)  # never starve the gRPC handlers
-                due = int((_consensus_clock() - origin) / self.tick_s)
+                now = _consensus_clock()
+                due = int((now - origin) / self.tick_s)
+                if due < ticks_done:
+                    # The clock went backwards (it should not; a faulty clock
+                    # or a fault injector can). Re-anchor instead of freezing
+                    # every timer until the clock catches up again.
+                    origin = now - ticks_done * self.tick_s
+                    due = ticks_done
                 await self._turn(due - ticks_done)
-                ticks_done = max(ticks_done, due)
+                ticks_done = due
         except Exception:
             log(self.logger, logging.CRITICAL, "driver loop crashed", exc_info=True)
             # A broken invariant: crash the process rather than serve wrongly.
