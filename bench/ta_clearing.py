@@ -7,6 +7,17 @@ temporary directory), runs ``ta.bench.run`` against it through the
 replicated ledger, prints the figures as JSON, and kills every replica by PID
 at the end. ``--twin`` runs the same day on the in-process state machine
 instead, for comparison.
+
+Measured here (2 cores shared with other workloads, 3 replicas + the clearing
+process on one machine, 16 shards, 4 workers), 2026-11-26:
+
+    orders   accounts  CONFIRM s  orders/s CONFIRM  orders/s import+clear
+    100,000    10,000       92.6             1,080                    504
+    300,000    30,000      180.6             1,661                    906
+
+The CONFIRM step is bound by the Python planning (arithmetic, ids, rows) of
+one process under the GIL; the ledger books each request of up to 8,190
+transfers in one slot.
 """
 
 from __future__ import annotations
