@@ -201,25 +201,27 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 class ClusterStore:
     """The replicated ledger through ``ledger.client.Client``, one client per thread."""
 
-    def __init__(self, addresses: Sequence[str], timeout_s: float = 30.0) -> None:
+    def __init__(self, addresses: Sequence[str], timeout_s: float = 30.0, tls=None) -> None:
         self.addresses = list(addresses)
         self.timeout_s = timeout_s
+        self.tls = tls  # ledger.client.TlsCredentials of the client identity, or None
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
 
     @classmethod
     def for_topology(cls, path: str, **kwargs) -> "ClusterStore":
-        from cluster import topology
+        from ledger.client import topology_args
 
-        return cls([r.address for r in topology.load(path).replicas], **kwargs)
+        (addresses,) = topology_args(path, "client", kwargs)
+        return cls(addresses, **kwargs)
 
     def _client(self):
         client = getattr(self._local, "client", None)
         if client is None:
             from ledger.client import Client
 
-            client = Client(self.addresses, timeout_s=self.timeout_s, attempt_timeout_s=10.0)
+            client = Client(self.addresses, timeout_s=self.timeout_s, attempt_timeout_s=10.0, tls=self.tls)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
