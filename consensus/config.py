@@ -29,7 +29,7 @@ take the read-index round (confirm leadership with a majority).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class ConfigError(ValueError):
@@ -64,18 +64,8 @@ class Config:
     # chosen; a candidate further behind learns them by catch-up first.
     promise_chosen_slots_max: int = 1024
 
-    extra: dict = field(default_factory=dict, compare=False)
-
     def __post_init__(self) -> None:
         self.validate()
-
-    @property
-    def quorum(self) -> int:
-        return len(self.replica_ids) // 2 + 1
-
-    @property
-    def peers(self) -> tuple[int, ...]:
-        return tuple(r for r in self.replica_ids if r != self.replica_id)
 
     def validate(self) -> None:
         def need(ok: bool, why: str) -> None:

@@ -446,13 +446,12 @@ class Simulation:
             # One replica sees both halves; the halves do not see each other.
             shuffled = list(ids)
             rng.shuffle(shuffled)
-            bridge, rest = shuffled[0], shuffled[1:]
-            half = rest[: len(rest) // 2]
-            for a in half:
-                for b in rest[len(rest) // 2:]:
+            rest = shuffled[1:]  # shuffled[0] is the bridge: it keeps every link
+            half = len(rest) // 2
+            for a in rest[:half]:
+                for b in rest[half:]:
                     self.net.blocked.add((a, b))
                     self.net.blocked.add((b, a))
-            _ = bridge
         elif kind == "majority_split":
             shuffled = list(ids)
             rng.shuffle(shuffled)
