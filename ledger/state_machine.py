@@ -768,26 +768,24 @@ def _id_key(value: int) -> bytes | None:
     return value.to_bytes(16, "big") if 0 <= value <= U128_MAX else None
 
 
+def _lookup(tables: Tables, table: bytes, ids: Iterable[int], unpack):
+    found = []
+    for id_ in ids:
+        key = _id_key(id_)
+        row = tables.get(table, key) if key is not None else None
+        if row is not None:
+            found.append(unpack(row))
+    return found
+
+
 def lookup_accounts(tables: Tables, ids: Iterable[int]) -> list[Account]:
     """The accounts that exist among ``ids``, in the order asked (absent ones left out)."""
-    found = []
-    for account_id in ids:
-        key = _id_key(account_id)
-        row = tables.get(T_ACCOUNTS, key) if key is not None else None
-        if row is not None:
-            found.append(Account.unpack(row))
-    return found
+    return _lookup(tables, T_ACCOUNTS, ids, Account.unpack)
 
 
 def lookup_transfers(tables: Tables, ids: Iterable[int]) -> list[Transfer]:
     """The transfers that exist among ``ids``, in the order asked (absent ones left out)."""
-    found = []
-    for transfer_id in ids:
-        key = _id_key(transfer_id)
-        row = tables.get(T_TRANSFERS, key) if key is not None else None
-        if row is not None:
-            found.append(Transfer.unpack(row))
-    return found
+    return _lookup(tables, T_TRANSFERS, ids, Transfer.unpack)
 
 
 def _ts_bounds(account_id: int, timestamp_min: int, timestamp_max: int) -> tuple[bytes, bytes | None]:

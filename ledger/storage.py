@@ -594,10 +594,7 @@ class ReplicaStorage:
                 txn.put(_K_DIGEST, digest.to_bytes(32, "big"), db=self._meta)
             txn.commit()
         except BaseException as e:
-            _abort_quietly(txn)
-            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
-                self._note_failure(e)
-                raise StorageUnavailable("write_step", e) from e
+            self._fail_write("write_step", txn, e)
             raise
         self._promised = promised
         self._chosen_below = chosen_below
@@ -651,10 +648,7 @@ class ReplicaStorage:
                 txn.put(_K_MEMBERSHIPS, _encode_memberships(memberships), db=self._meta)
             txn.commit()
         except BaseException as e:
-            _abort_quietly(txn)
-            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
-                self._note_failure(e)
-                raise StorageUnavailable("compact_log", e) from e
+            self._fail_write("compact_log", txn, e)
             raise
         self._log_start = below_slot
 
@@ -775,16 +769,20 @@ class ReplicaStorage:
             meta.put(_K_MEMBERSHIPS, _encode_memberships(memberships))
             txn.commit()
         except BaseException as e:
-            _abort_quietly(txn)
-            if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
-                self._note_failure(e)
-                raise StorageUnavailable("install_snapshot", e) from e
+            self._fail_write("install_snapshot", txn, e)
             raise
         self._applied_below = index
         self._chosen_below = chosen_below
         self._log_start = index
         self._digest = digest
         self._sync_meta("install_snapshot")
+
+    def _fail_write(self, op: str, txn: lmdb.Transaction, e: BaseException) -> None:
+        """Abort a failed write; a full disk or I/O error becomes StorageUnavailable."""
+        _abort_quietly(txn)
+        if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
+            self._note_failure(e)
+            raise StorageUnavailable(op, e) from e
 
     def log_bytes(self) -> int:
         """Bytes of log entries stored (keys and values), from the log's B-tree stats."""
