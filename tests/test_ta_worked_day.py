@@ -30,12 +30,8 @@ from ta.memory_ledger import ChainResult, MemoryLedger
 from ta.money import cents, nav, parse_decimal, rate
 from ta.postings import FundBook, PostingKind, reverse
 
-TA = "01"
-DIST = "ZS001"
-T = "20261126"
-A = HolderKey("010000000001", DIST, "TX0000000000000A")
-B = HolderKey("010000000002", DIST, "TX0000000000000B")
-C = HolderKey("010000000003", DIST, "TX0000000000000C")
+from ta_worked_day_data import A, ACCOUNT_APPLICATION, B, C, DIST, ORDERS, TA, T  # noqa: E402
+
 FUND = FundTerms(
     fund_code="000001",
     status=FundStatus.OPEN,
@@ -48,34 +44,6 @@ HELD_DAYS = 400  # B's shares are old: 0.5% fee, 25% of it to the fund
 DIVIDEND_PER_UNIT = parse_decimal("0.05", 4)  # 0.50 per 10 shares
 
 
-def order(serial: str, time: str, who: HolderKey, code: BusinessCode, **values) -> dict:
-    fields = STANDARD_FIELDS[FileType.ORDER_APPLICATIONS]
-    record = {name: 0 if name in ("ApplicationAmount", "ApplicationVol",
-                                  "DiscountRateOfCommission") else "" for name in fields}  # fmt: skip
-    record.update(
-        AppSheetSerialNo=serial, TransactionDate=T, TransactionTime=time, FundCode="000001",
-        ShareClass="A", BusinessCode=code.value, DistributorCode=DIST,
-        TransactionAccountID=who.transaction_account_id, TAAccountID=who.ta_account_id,
-        CurrencyType="156",
-    )  # fmt: skip
-    record.update(values)
-    return record
-
-
-ORDERS = [
-    order("T1126000001", "093000", A, BusinessCode.PURCHASE, ApplicationAmount=cents("10,000.00")),
-    order("T1126000002", "100000", B, BusinessCode.REDEMPTION, ApplicationVol=cents("2,000.00")),
-    order("T1126000003", "110000", C, BusinessCode.PURCHASE, ApplicationAmount=cents("1,000.00")),
-    order("T1126000004", "133000", B, BusinessCode.REDEMPTION, ApplicationVol=cents("3,500.00")),
-    order("T1126000005", "140000", A, BusinessCode.DIVIDEND_METHOD, DefDividendMethod="1"),
-]
-ACCOUNT_APPLICATION = {
-    "AppSheetSerialNo": "T1126A00001", "TransactionDate": T, "TransactionTime": "090000",
-    "BusinessCode": "001", "DistributorCode": DIST,
-    "TransactionAccountID": C.transaction_account_id, "TAAccountID": C.ta_account_id,
-    "IndividualOrInstitution": "1", "InvestorName": "陈小明", "CertificateType": "0",
-    "CertificateNo": "110101199001011234",
-}  # fmt: skip
 
 
 def distributor_files(order_records: list[dict]) -> dict[str, bytes]:
