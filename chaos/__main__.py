@@ -8,8 +8,9 @@
     python -m chaos run --topology T --schedule kill:leader,partition [--fault-s 6 --gap-s 5 ...]
     python -m chaos rtt [--network netns|loopback] [--topology three-cities]
         measure the round-trip times the delay stage gives between zones
-    python -m chaos cleanup
-        kill processes, delete namespaces and unmount tmpfs left by interrupted runs
+    python -m chaos cleanup [--all]
+        kill processes, delete namespaces and unmount tmpfs left by runs whose process
+        has died (a run running now keeps its own); --all: everything of every run
 
 ``--toxiproxy URL`` uses a real Toxiproxy server instead of the bundled one
 (loopback network).
@@ -36,8 +37,7 @@ TOXIC_SCHEDULE = ["toxic-latency:leader", "toxic-timeout:leader", "toxic-reset:f
 def full_schedule(topology: str, network: str) -> list[str]:
     s = ["kill:leader", "kill:follower", "pause:leader", "isolate:leader", "leader-alone", "partition",
          "bridge", "one-way", "clock-step:leader", "clock-drift:leader", "fsync-fail:leader", "disk-full:leader"]
-    if network == "loopback":
-        s += TOXIC_SCHEDULE
+    s += TOXIC_SCHEDULE  # loopback: the bundled (or a real) Toxiproxy; netns: each host's delay stage
     if topology == "one-city":
         s += ["lose-dc:fra-a", "lose-dc:fra-b:kill"]
     elif topology == "two-cities":
@@ -96,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("rtt", help="measure the zone round-trip times")
     sp.add_argument("--network", choices=("loopback", "netns"), default=None)
     sp.add_argument("--topology", default="three-cities")
-    sub.add_parser("cleanup", help="remove what interrupted runs left")
+    sp = sub.add_parser("cleanup", help="remove what runs whose process died left")
+    sp.add_argument("--all", action="store_true", help="also what live runs (and older versions) hold")
     args = p.parse_args(argv)
 
     if args.cmd == "cleanup":
-        gone = runner.cleanup()
+        gone, kept = runner.cleanup(everything=args.all)
         print("removed: " + (", ".join(gone) if gone else "nothing"))
+        if kept:
+            print("kept (their run is alive, or they name no owner; --all removes them): " + ", ".join(kept))
         return 0
     if args.cmd == "rtt":
         from chaos import rtt
@@ -123,12 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for t in args.topologies.split(","):
             configs.append(runner.RunConfig(topology=t, network=network, schedule=full_schedule(t, network),
-                                            fault_s=args.fault_s or 8.0, gap_s=args.gap_s or 6.0,
-                                            seed=args.seed, concurrency=args.concurrency,
-                                            toxiproxy_url=args.toxiproxy))
-        if network == "netns":
-            # the Toxiproxy faults need the API-driven proxies: one more run on loopback
-            configs.append(runner.RunConfig(topology="one-city", network="loopback", schedule=TOXIC_SCHEDULE,
                                             fault_s=args.fault_s or 8.0, gap_s=args.gap_s or 6.0,
                                             seed=args.seed, concurrency=args.concurrency,
                                             toxiproxy_url=args.toxiproxy))

@@ -16,7 +16,9 @@ Two networks:
 
 ``NetnsNetwork`` (root)
     every replica on its own namespace host (``chaos.netns``), with a delay
-    stage per host; cuts are nftables rules.
+    stage per host (a ``chaos.toxiproxy_server`` whose proxies live in the
+    host and whose API listens in the root namespace); cuts are nftables
+    rules, toxics go through the Toxiproxy API of the source host's stage.
 
 Replica processes run with the fault shim (``chaos/faultshim.c``) preloaded,
 which gives the clock and fsync nemeses a handle on them.
@@ -40,10 +42,14 @@ from cluster.__main__ import pid_runs_replica
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM_SOURCE = Path(__file__).resolve().parent / "faultshim.c"
-LOOPBACK_PROXY_PORT_BASE = 27000  # + 100 * source number + destination number (client: 0)
-LOOPBACK_REPLICA_PORT_BASE = 27900  # + replica number: away from the shipped topologies' ports
-LOOPBACK_METRICS_PORT_BASE = 27950
-PIDS_FILE = ROOT / "data" / "chaos" / "pids.txt"
+# Loopback ports: one block of 1000 per run, away from the shipped topologies' ports. In a block:
+# proxies at +100 * source number + destination number (client: 0), replicas at +900 + number,
+# metrics at +950 + number. A run takes the first free block from one its PID picks, so two
+# runs on one machine do not meet.
+LOOPBACK_BLOCKS = tuple(20000 + 1000 * k for k in range(10))
+LOOPBACK_REPLICA_OFFSET = 900
+LOOPBACK_METRICS_OFFSET = 950
+PIDS_DIR = ROOT / "data" / "chaos" / "pids"  # <owner pid>.txt: "<pid> <command line marker>" per line
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
@@ -59,11 +65,45 @@ def build_shim(out_dir: Path) -> Path | None:
     return out
 
 
+def pids_file(owner: int | None = None) -> Path:
+    return PIDS_DIR / f"{owner or os.getpid()}.txt"
+
+
 def remember_pid(pid: int, marker: str) -> None:
-    """Record a process we started, for ``python -m chaos cleanup`` after an interrupted run."""
-    PIDS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with open(PIDS_FILE, "a") as f:
+    """Record a process this run started (in this process's own file), for ``python -m chaos
+    cleanup`` once this process is gone."""
+    PIDS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(pids_file(), "a") as f:
         f.write(f"{pid} {marker}\n")
+
+
+def forget_pids() -> None:
+    """This process's runs are over and their processes stopped: nothing left to clean up."""
+    pids_file().unlink(missing_ok=True)
+
+
+def _ports_free(ports: list[int]) -> bool:
+    import socket
+
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def pick_loopback_block(numbers: list[int]) -> int:
+    """The first loopback port block, from one this PID picks, whose ports are all free."""
+    k0 = os.getpid() % len(LOOPBACK_BLOCKS)
+    for i in range(len(LOOPBACK_BLOCKS)):
+        base = LOOPBACK_BLOCKS[(k0 + i) % len(LOOPBACK_BLOCKS)]
+        ports = [base + off + n for n in numbers for off in (LOOPBACK_REPLICA_OFFSET, LOOPBACK_METRICS_OFFSET)]
+        ports += [base + s * 100 + d for s in [0] + numbers for d in numbers if s != d]
+        if _ports_free(ports):
+            return base
+    raise RuntimeError("no free loopback port block for a chaos run (ports 20000-29999 busy)")
 
 
 def make_certs(cert_dir: Path, cluster_id: str, hosts: dict[str, tuple[str, ...]]) -> None:
@@ -127,16 +167,22 @@ class LoopbackNetwork:
         self.api: ToxiproxyAPI | None = None
         self.links: dict[tuple[str, str], str] = {}  # (src, dst) -> proxy listen address
         self.cut: set[tuple[str, str]] = set()
+        self.base = pick_loopback_block([r.number for r in topology.replicas])
+        # proxy names carry the run's owner: two runs may share one (real) Toxiproxy server
+        self.tag = f"{os.getpid()}"
 
     def _port(self, src: str, dst: str) -> int:
         s = 0 if src == "client" else self.topology.replica(src).number
-        return LOOPBACK_PROXY_PORT_BASE + s * 100 + self.topology.replica(dst).number
+        return self.base + s * 100 + self.topology.replica(dst).number
+
+    def _name(self, src: str, dst: str) -> str:
+        return f"chaos{self.tag}-{src}-{dst}"
 
     def listen_address(self, rid: str) -> str:
-        return f"127.0.0.1:{LOOPBACK_REPLICA_PORT_BASE + self.topology.replica(rid).number}"
+        return f"127.0.0.1:{self.base + LOOPBACK_REPLICA_OFFSET + self.topology.replica(rid).number}"
 
     def metrics_port(self, rid: str) -> int:
-        return LOOPBACK_METRICS_PORT_BASE + self.topology.replica(rid).number
+        return self.base + LOOPBACK_METRICS_OFFSET + self.topology.replica(rid).number
 
     def peer_address(self, src: str, dst: str) -> str:
         return f"127.0.0.1:{self._port(src, dst)}"
@@ -166,12 +212,12 @@ class LoopbackNetwork:
             for r in self.topology.replicas:
                 if r.id == src:
                     continue
-                name = f"{src}-{r.id}"
+                name = self._name(src, r.id)
                 self.api.destroy(name)
                 self.api.create(name, self.peer_address(src, r.id), self.listen_address(r.id))
                 self.links[(src, r.id)] = self.peer_address(src, r.id)
                 rtt = zones.rtt_ms(zsrc, _zone(r))
-                rtts[name] = rtt
+                rtts[f"{src}-{r.id}"] = rtt
                 for t in zones.latency_toxics(rtt):
                     attrs = dict(t["attributes"])
                     if self.external:  # a real Toxiproxy takes whole milliseconds
@@ -181,24 +227,24 @@ class LoopbackNetwork:
 
     def block(self, src: str, dst: str) -> None:
         if (src, dst) in self.links and (src, dst) not in self.cut:
-            self.api.set_enabled(f"{src}-{dst}", False)
+            self.api.set_enabled(self._name(src, dst), False)
             self.cut.add((src, dst))
 
     def heal(self) -> None:
         for src, dst in sorted(self.cut):
-            self.api.set_enabled(f"{src}-{dst}", True)
+            self.api.set_enabled(self._name(src, dst), True)
         self.cut.clear()
 
     def toxic(self, src: str, dst: str, name: str, kind: str, attributes: dict, stream: str = "downstream") -> None:
-        self.api.add_toxic(f"{src}-{dst}", name, kind, attributes, stream=stream)
+        self.api.add_toxic(self._name(src, dst), name, kind, attributes, stream=stream)
 
     def untoxic(self, src: str, dst: str, name: str) -> None:
-        self.api.remove_toxic(f"{src}-{dst}", name)
+        self.api.remove_toxic(self._name(src, dst), name)
 
     def stop(self) -> None:
         if self.api is not None:
             try:
-                for name in [f"{s}-{d}" for s, d in self.links]:
+                for name in [self._name(s, d) for s, d in self.links]:
                     self.api.destroy(name)
             except ToxiproxyError:
                 pass
@@ -222,6 +268,7 @@ class NetnsNetwork:
         self.run_dir = run_dir
         self.ns = netns.Namespaces({r.id: r.number for r in topology.replicas})
         self.delay_stages: list[subprocess.Popen] = []
+        self.apis: dict[str, ToxiproxyAPI] = {}  # host -> its delay stage's Toxiproxy API
         self.rtts: dict[str, float] = {}
         self.cut: set[tuple[str, str]] = set()
 
@@ -254,17 +301,22 @@ class NetnsNetwork:
                                 "upstream": self.listen_address(r.id), "toxics": zones.latency_toxics(rtt)})
             config = self.run_dir / f"links-{src}.json"
             config.write_text(json.dumps(proxies, indent=1))
+            # the API in the root namespace (any free port on 127.0.0.1), the proxies in the host's
             p = subprocess.Popen(
-                self.wrap(src, [sys.executable, "-m", "chaos.toxiproxy_server", "--port", "8474",
-                                "--config", str(config)]),
+                [sys.executable, "-m", "chaos.toxiproxy_server", "--port", "0", "--config", str(config),
+                 "--netns", self.ns.hosts[src].ns],
                 stdout=subprocess.PIPE, stderr=open(self.run_dir / f"links-{src}.log", "ab"), text=True,
                 cwd=str(ROOT), env=_env(), start_new_session=True,
             )
+            self.delay_stages.append(p)
+            remember_pid(p.pid, "chaos.toxiproxy_server")
             ready, _, _ = select.select([p.stdout], [], [], START_TIMEOUT_S)
             if not ready:
                 raise netns.NetnsError(f"the delay stage of {src} did not start; see links-{src}.log")
-            p.stdout.readline()
-            self.delay_stages.append(p)
+            line = p.stdout.readline()
+            if not line:
+                raise netns.NetnsError(f"the delay stage of {src} exited; see links-{src}.log")
+            self.apis[src] = ToxiproxyAPI(json.loads(line)["api"])
 
     def block(self, src: str, dst: str) -> None:
         """``src`` cannot open connections to ``dst``'s replica port (clients: to the replica)."""
@@ -277,12 +329,18 @@ class NetnsNetwork:
         self.ns.heal()
         self.cut.clear()
 
-    def toxic(self, *a, **kw) -> None:
-        raise NotImplementedError("toxics are static in netns mode (the delay stages are not reachable)")
+    def toxic(self, src: str, dst: str, name: str, kind: str, attributes: dict, stream: str = "downstream") -> None:
+        """A toxic on the link ``src`` -> ``dst``, in the delay stage of ``src``'s host (on top of the
+        zone latency toxics)."""
+        self.apis[src].add_toxic(f"{src}-{dst}", name, kind, attributes, stream=stream)
 
-    untoxic = toxic
+    def untoxic(self, src: str, dst: str, name: str) -> None:
+        self.apis[src].remove_toxic(f"{src}-{dst}", name)
 
     def stop(self) -> None:
+        for api in self.apis.values():
+            api.close()
+        self.apis.clear()
         for p in self.delay_stages:
             p.terminate()
         for p in self.delay_stages:

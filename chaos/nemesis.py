@@ -18,9 +18,12 @@ is a ``chaos.runner.Context``: the cluster (processes), its network (links),
     clock-drift     one replica's clocks run at another rate
     disk-full       fill the tmpfs under one replica's data dir (root)
     fsync-fail      one replica's fsync/fdatasync/msync fail with EIO
-    toxic-latency   latency with jitter on one replica's links (loopback)
-    toxic-timeout   one replica's outgoing links go silent, then close (loopback)
-    toxic-reset     one replica's links are reset by peer (loopback)
+    toxic-latency   latency with jitter on one replica's links
+    toxic-timeout   one replica's outgoing links go silent, then close
+    toxic-reset     one replica's links are reset by peer
+
+Toxics go through the Toxiproxy API (toxiproxy-python): of the bundled server
+or a real Toxiproxy on loopback, of each host's delay stage in netns mode.
 
 Clock and fsync faults work through the fault shim the replicas are started
 with (``chaos/faultshim.c`` via LD_PRELOAD; see ``chaos.cluster``), so the
@@ -262,8 +265,6 @@ class Nemesis:
         return links
 
     def _add_toxics(self, ctx, kind: str, attributes: dict, both: bool, stream: str = "downstream") -> str:
-        if ctx.network.kind != "loopback":
-            raise Skip("toxics need the Toxiproxy network (loopback)")
         rid = self._pick(ctx)
         links = self._toxic_links(ctx, rid, both)
         self.state["links"] = links

@@ -1,12 +1,20 @@
 """Hosts as network namespaces: one per replica, one for the clients, joined by a switch.
 
-Layout (every name starts with ``PREFIX``; every address is in 10.77.0.0/24,
-which exists only inside these namespaces: the root namespace gets none, so
-no test traffic can leave them)::
+Layout (every name starts with the run's prefix ``chaos-<owner pid>-<n>-``;
+every address is in 10.77.0.0/24, which exists only inside these namespaces:
+the root namespace gets none, so no test traffic can leave them)::
 
-    chaos-sw          the switch: a bridge ``br0`` with one veth port per host
-    chaos-r1 ...      one per replica; ``eth0`` = 10.77.0.<n>, lo up
-    chaos-cl          the clients (workload process, status probes): 10.77.0.200
+    chaos-<tag>-sw    the switch: a bridge ``br0`` with one veth port per host
+    chaos-<tag>-r1 .. one per replica; ``eth0`` = 10.77.0.<n>, lo up
+    chaos-<tag>-cl    the clients (workload process, status probes): 10.77.0.200
+
+``<tag>`` is ``<pid>-<n>``: the PID of the process that made them and a
+counter within that process, so two runs (a test and ``make chaos``, or two
+test processes) never share a namespace. Everything else a run creates lives
+inside its own namespaces: the veth ports (``p<n>`` in the switch, ``eth0`` in
+a host; interface names are per namespace, so no name of one run can meet
+another's, and all stay well under the kernel's 15 characters), the bridge,
+the nftables table, the addresses, the ports and the processes.
 
 Zone latency: the kernel has no netem, so each host namespace runs a
 ``chaos.toxiproxy_server`` with one proxy per peer, listening on
@@ -15,30 +23,37 @@ address with latency toxics for the zones' RTT (``chaos.zones``). Replica
 topologies name peers by those loopback addresses, so all replica-to-replica
 and client-to-replica traffic crosses the delay stage and then the real
 veth/bridge path, where the nftables rules of the nemeses act on real
-addresses.
+addresses. The delay stage's HTTP API listens in the root namespace (on
+127.0.0.1, any free port) while its proxies live in the host namespace (see
+``chaos.toxiproxy_server --netns``), so the nemeses add toxics to the links of
+a running cluster through the Toxiproxy API.
 
 Faults are nftables rules in a table ``inet chaos`` of the host namespaces:
 ``block(src, dst, port)`` drops src's new connections to dst's port (one-way
 at the connection level, like a disabled Toxiproxy proxy); blocking both
 ways, or every port, isolates.
 
-Cleanup: ``Namespaces`` is a context manager and registers an atexit hook;
-``cleanup_all()`` (``python -m chaos cleanup``) kills every process inside,
-and deletes every namespace whose name starts with ``PREFIX``.
+Cleanup: ``Namespaces`` is a context manager and registers an atexit hook; it
+deletes only its own namespaces. ``cleanup_all()`` (``python -m chaos
+cleanup``) kills every process inside, and deletes, the chaos namespaces
+whose owner process is dead; ``cleanup_all(everything=True)`` (``--all``)
+takes every ``chaos-*`` namespace, also those of live runs and those named
+by older versions without an owner.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
+import re
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
 
 PREFIX = "chaos-"
-SWITCH = PREFIX + "sw"
-CLIENT = PREFIX + "cl"
+OWNED = re.compile(r"^chaos-(\d+)-(\d+)-")  # chaos-<owner pid>-<n>-<host>
 SUBNET = "10.77.0"
 CLIENT_HOST_NUMBER = 200
 PEER_PORT_BASE = 17000
@@ -67,9 +82,35 @@ def ns_exec(ns: str) -> list[str]:
     return ["ip", "netns", "exec", ns]
 
 
-def list_namespaces() -> list[str]:
+_tags = itertools.count()
+
+
+def new_tag() -> str:
+    """A prefix part no other run has: this process's PID and a counter."""
+    return f"{os.getpid()}-{next(_tags)}"
+
+
+def owner_pid(name: str) -> int | None:
+    """The PID of the process that made a chaos namespace, tmpfs or PID file (None: unknown)."""
+    m = OWNED.match(name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def list_namespaces(tag: str | None = None) -> list[str]:
+    """Every chaos namespace, or only those of the run with ``tag``."""
+    prefix = PREFIX if tag is None else f"{PREFIX}{tag}-"
     out = run(["ip", "netns", "list"], check=False)
-    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
 
 
 def _kill_inside(ns: str) -> None:
@@ -92,9 +133,16 @@ def _kill_inside(ns: str) -> None:
             time.sleep(0.02)
 
 
-def cleanup_all() -> list[str]:
-    """Kill everything inside and delete every namespace named PREFIX*; returns their names."""
-    names = list_namespaces()
+def abandoned(name: str) -> bool:
+    """A chaos-made name whose owner process has died."""
+    owner = owner_pid(name)
+    return owner is not None and not pid_alive(owner)
+
+
+def cleanup_all(everything: bool = False) -> list[str]:
+    """Kill everything inside and delete the chaos namespaces whose owner is dead (``everything``:
+    every namespace named PREFIX*); returns their names."""
+    names = [n for n in list_namespaces() if everything or abandoned(n)]
     for ns in names:
         _kill_inside(ns)
     for ns in names:
@@ -113,11 +161,15 @@ class Host:
 class Namespaces:
     """Create the switch and the hosts; delete them all on exit (also at interpreter exit)."""
 
-    def __init__(self, replica_numbers: dict[str, int]) -> None:
+    def __init__(self, replica_numbers: dict[str, int], tag: str | None = None) -> None:
+        self.tag = tag or new_tag()
+        self.prefix = f"{PREFIX}{self.tag}-"
+        self.switch = self.prefix + "sw"
         self.hosts: dict[str, Host] = {
-            rid: Host(rid, PREFIX + rid, f"{SUBNET}.{n}", n) for rid, n in replica_numbers.items()
+            rid: Host(rid, self.prefix + rid, f"{SUBNET}.{n}", n) for rid, n in replica_numbers.items()
         }
-        self.hosts["client"] = Host("client", CLIENT, f"{SUBNET}.{CLIENT_HOST_NUMBER}", CLIENT_HOST_NUMBER)
+        self.hosts["client"] = Host("client", self.prefix + "cl", f"{SUBNET}.{CLIENT_HOST_NUMBER}",
+                                    CLIENT_HOST_NUMBER)
         self.created = False
 
     def __enter__(self) -> "Namespaces":
@@ -130,13 +182,13 @@ class Namespaces:
     def create(self) -> None:
         if not is_root():
             raise NetnsError("network namespaces need root")
-        left = list_namespaces()
+        left = list_namespaces(self.tag)
         if left:
-            raise NetnsError(f"namespaces {left} are left from an earlier run: `python -m chaos cleanup`")
+            raise NetnsError(f"namespaces {left} exist already")
         atexit.register(self.delete)
         self.created = True
-        run(["ip", "netns", "add", SWITCH])
-        sw = ["ip", "-n", SWITCH]
+        run(["ip", "netns", "add", self.switch])
+        sw = ["ip", "-n", self.switch]
         run(sw + ["link", "add", "br0", "type", "bridge"])
         run(sw + ["link", "set", "br0", "up"])
         run(sw + ["link", "set", "lo", "up"])
@@ -161,8 +213,9 @@ class Namespaces:
         self.created = False
         for h in self.hosts.values():
             _kill_inside(h.ns)
-        for ns in [h.ns for h in self.hosts.values()] + [SWITCH]:
+        for ns in [h.ns for h in self.hosts.values()] + [self.switch]:
             run(["ip", "netns", "del", ns], check=False)
+        atexit.unregister(self.delete)
 
     # ------------------------------------------------------------ faults
 

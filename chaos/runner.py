@@ -31,7 +31,7 @@ from pathlib import Path
 from chaos import nemesis as nem
 from chaos import netns
 from chaos.checkers import check_bank, check_register, check_set
-from chaos.cluster import ROOT, ChaosCluster, LoopbackNetwork, NetnsNetwork, build_shim, remember_pid
+from chaos.cluster import ROOT, ChaosCluster, LoopbackNetwork, NetnsNetwork, build_shim, forget_pids, remember_pid
 from chaos.history import OK, History
 from chaos.workload import BANK_ACCOUNTS, BANK_TOTAL
 from cluster import topology as topo
@@ -91,13 +91,20 @@ class Context:
 
 def _mount_tmpfs(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", TMPFS_SOURCE, str(path)],
-                       capture_output=True, text=True)
+    # the source names the owner: "chaos-tmpfs-<pid>"
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", f"{TMPFS_SOURCE}-{os.getpid()}",
+                        str(path)], capture_output=True, text=True)
     return p.returncode == 0
 
 
-def unmount_tmpfs(under: Path | None = None) -> list[str]:
-    """Unmount our tmpfs mounts (all of them, or those under ``under``)."""
+def _tmpfs_owner(source: str) -> int | None:
+    tail = source[len(TMPFS_SOURCE) + 1:]
+    return int(tail) if source.startswith(TMPFS_SOURCE + "-") and tail.isdigit() else None
+
+
+def unmount_tmpfs(under: Path | None = None, everything: bool = False) -> list[str]:
+    """Unmount our tmpfs mounts: those under ``under``; else those whose owner process is dead
+    (``everything``: all of them)."""
     gone = []
     try:
         mounts = Path("/proc/mounts").read_text().splitlines()
@@ -105,8 +112,13 @@ def unmount_tmpfs(under: Path | None = None) -> list[str]:
         return gone
     for line in mounts:
         parts = line.split()
-        if len(parts) > 2 and parts[0] == TMPFS_SOURCE:
-            if under is None or parts[1].startswith(str(under)):
+        if len(parts) > 2 and parts[0].startswith(TMPFS_SOURCE):
+            owner = _tmpfs_owner(parts[0])
+            if under is not None:
+                take = parts[1].startswith(str(under))
+            else:
+                take = everything or (owner is not None and not netns.pid_alive(owner))
+            if take:
                 subprocess.run(["umount", "-l", parts[1]], capture_output=True)
                 gone.append(parts[1])
     return gone
@@ -219,6 +231,7 @@ def execute(cfg: RunConfig, progress=None) -> dict:
         network.stop()
         if tmpfs:
             unmount_tmpfs(run_dir)
+        forget_pids()
     (run_dir / "windows.json").write_text(json.dumps(windows, indent=2))
     result.update(judge(run_dir, windows, result))
     (run_dir / "verdict.json").write_text(json.dumps(result, indent=2, default=str))
@@ -365,17 +378,30 @@ def summary_line(results: list[dict]) -> str:
             f"heal_to_first_write_s={fmt(first)} stop_to_converged_s={fmt(conv)} {checks} report={report}")
 
 
-def cleanup() -> list[str]:
-    """Remove anything a chaos run may have left: processes, namespaces, tmpfs mounts."""
-    gone = []
+def cleanup(everything: bool = False) -> tuple[list[str], list[str]]:
+    """Remove what chaos runs left behind once their process died: processes, namespaces, tmpfs
+    mounts (``everything``: also those of live runs and of older versions without an owner).
+    Returns (what was removed, what was kept because its run is still alive)."""
+    gone: list[str] = []
+    kept: list[str] = []
     if netns.is_root():
-        gone += [f"namespace {n}" for n in netns.cleanup_all()]
-        gone += [f"tmpfs {m}" for m in unmount_tmpfs()]
-    # processes that runs started and recorded (only those whose command line still matches)
-    from chaos.cluster import PIDS_FILE
+        gone += [f"namespace {n}" for n in netns.cleanup_all(everything)]
+        kept += [f"namespace {n}" for n in netns.list_namespaces()]
+        gone += [f"tmpfs {m}" for m in unmount_tmpfs(everything=everything)]
+    # processes that runs recorded, per owner (only those whose command line still matches)
+    from chaos.cluster import PIDS_DIR
 
-    if PIDS_FILE.exists():
-        for line in PIDS_FILE.read_text().splitlines():
+    files = sorted(PIDS_DIR.glob("*.txt")) if PIDS_DIR.exists() else []
+    legacy = PIDS_DIR.parent / "pids.txt"  # one file for every run, before runs had owners
+    if legacy.exists():
+        files.append(legacy)
+    for path in files:
+        owner = int(path.stem) if path.stem.isdigit() else None
+        if not everything and (owner is None or netns.pid_alive(owner)):
+            if owner is not None and owner != os.getpid():
+                kept.append(f"processes of the live run {owner}")
+            continue
+        for line in path.read_text().splitlines():
             pid_text, _, marker = line.partition(" ")
             try:
                 cmd = Path(f"/proc/{pid_text}/cmdline").read_bytes().replace(b"\0", b" ")
@@ -387,5 +413,5 @@ def cleanup() -> list[str]:
                     gone.append(f"process {pid_text}")
                 except (ProcessLookupError, PermissionError):
                     pass
-        PIDS_FILE.unlink()
-    return gone
+        path.unlink()
+    return gone, kept

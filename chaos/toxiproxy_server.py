@@ -5,6 +5,7 @@ one. The nemesis code talks to it only through ``toxiproxy-python`` and so
 works unchanged against a real Toxiproxy server given by URL.
 
     python -m chaos.toxiproxy_server [--host 127.0.0.1] [--port 8474] [--config proxies.json]
+                                     [--netns NAME]
 
 API (JSON over HTTP/1.1, one request per connection):
 
@@ -36,6 +37,12 @@ A disabled proxy closes its listener and every connection. ``--config`` takes
 a JSON list of proxies, each optionally with a list of ``toxics``, created at
 start (the chaos network namespaces use this for their zone latencies).
 
+``--netns NAME`` (root): the API socket is bound where the server starts
+(the root namespace), then the process enters the network namespace NAME,
+so every proxy listens and connects inside it. The chaos runner uses this to
+change a namespace host's links (toxics) while the replicas run, through the
+Toxiproxy API, with nothing listening inside the namespace but the proxies.
+
 The event loop uses ``select`` rather than ``epoll`` because asyncio rounds
 epoll timeouts up to whole milliseconds, and sub-millisecond latencies (one
 data center to the next: 0.5 ms each way) need finer timers.
@@ -46,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import selectors
 import signal
@@ -462,9 +470,28 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.SelectorEventLoop(selectors.SelectSelector())
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (sockets made from now on) into network namespace ``name``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 async def _main(args) -> None:
     server = ToxiproxyServer()
     port = await server.serve(args.host, args.port)
+    if args.netns:
+        enter_netns(args.netns)
     if args.config:
         with open(args.config) as f:
             for body in json.load(f):
@@ -488,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8474, help="API port (0: any free port; printed at start)")
     parser.add_argument("--config", help="JSON list of proxies (each with optional toxics) to create at start")
+    parser.add_argument("--netns", help="bind the API here, then run the proxies in this network namespace")
     args = parser.parse_args(argv)
     loop = new_event_loop()
     try:
