@@ -3,13 +3,17 @@
 The driver loop is always (as in etcd's raft ``Ready``)::
 
     ready = replica.ready()
+    network.send(early)                 # the messages sendable_before_persist allows
     storage.persist(ready.persist)      # one transaction, synced if must_sync
-    network.send(ready.messages)        # only after the persist is durable
+    network.send(the rest)              # only after the persist is durable
     state_machine.apply(ready.committed)
     answer clients (ready.reads, ready.reads_refused, applied results)
 
-Sending before persisting would let a replica promise or accept something it
-then forgets in a crash, which breaks Paxos.
+Sending a promise or an acknowledgement before persisting would let a replica
+promise or accept something it then forgets in a crash, which breaks Paxos;
+``consensus.messages.SENDABLE_BEFORE_PERSIST`` names the messages that speak
+for nothing on this replica's disk. A driver may always send everything after
+the persist instead.
 """
 
 from __future__ import annotations

@@ -7,9 +7,12 @@ Wiring (imports point one way: this module wires, nothing imports it back)::
     gRPC handlers (ledger.api) --submit/read--> Driver --propose/step/tick--> consensus.Replica
     peers' streams (ledger.server_peers) --deliver------^        |
                                                                   v ready()
+        0. send early        the leader's accepts and heartbeats (sendable_before_persist)
         1. persist + apply   ledger.storage.write_step (one synced LMDB txn, own thread)
-        2. send              PeerTransport.send
+        2. send              PeerTransport.send: everything that waited for the persist
         3. answer            futures of the waiting requests and reads
+    (a follower's step that acknowledges and also applies sends its
+    acknowledgements between the synced acceptor txn and the apply txn)
 
 The driver is the only code that touches the ``Replica``. It runs in turns;
 a turn starts when something arrived (a peer message, a client write or read)
@@ -69,9 +72,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster import topology as topo
-from consensus import Config, Refused, RefuseReason, Replica, Role
+from consensus import Config, Persist, Refused, RefuseReason, Replica, Role
 from consensus.membership import MembershipError, is_membership_value
-from consensus.messages import Message
+from consensus.messages import Message, sendable_before_persist
 from ledger import commands as cmd
 from ledger import digest as digest_mod
 from ledger import errors
@@ -101,6 +104,7 @@ EXPIRY_NOOP_INTERVAL_S = 1.0  # idle leader: how often pending expiries get a sl
 RPCS_IN_PROGRESS_MAX = QUEUE_REQUESTS_MAX + READS_WAITING_MAX + 1024  # + peers, status, health
 STORAGE_RETRY_MIN_S = 0.05
 STORAGE_RETRY_MAX_S = 2.0
+EMPTY_PERSIST = Persist()
 SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 # What one call may send us: a peer frame (the largest message) plus protobuf
 # framing. Public requests are held to server_auth.PUBLIC_REQUEST_BYTES_MAX
@@ -741,9 +745,15 @@ class Driver:
                     "fetching a snapshot", from_slot=ready.snapshot_needed_from, peer=ready.snapshot_peer)
             self._start_snapshot_fetch(ready.snapshot_needed_from, ready.snapshot_peer)
         if not ready.empty:
-            await self._persist_and_apply(ready)
-            if self.transport is not None and ready.messages:
-                self.transport.send(ready.messages)
+            late = ready.messages
+            if self.transport is not None and late:
+                early = [m for m in late if sendable_before_persist(m)]
+                if early:
+                    # The leader's accepts leave now: its own disk write
+                    # overlaps the followers' (consensus.messages).
+                    late = [m for m in late if not sendable_before_persist(m)]
+                    self.transport.send(early)
+            await self._persist_and_apply(ready, late)
             self._answer(ready)
             if ready.committed:
                 if any(is_membership_value(v) for _, v in ready.committed):
@@ -843,8 +853,18 @@ class Driver:
 
     # ------------------------------------------------------------ persist, apply, answer
 
-    async def _persist_and_apply(self, ready) -> None:
+    async def _persist_and_apply(self, ready, late: list[Message]) -> None:
+        """Make ``ready`` durable, send ``late`` (the messages that must wait
+        for that), and apply what it commits.
+
+        When a step both acknowledges (``late``) and commits, as a follower's
+        does under load, the acknowledgements leave after the acceptor
+        transaction and before the apply, which then runs as a second,
+        unsynced transaction: applying never delays the leader's quorum."""
         committed = ready.committed
+        if ready.persist.empty and not committed:
+            self._send(late)
+            return
         results = StepResult()
         new_applied = self.applied_below
         if committed:
@@ -860,13 +880,31 @@ class Driver:
                 results.results[slot] = self.apply_value(tables, slot, value)
             return max(new_applied, self.applied_below)
 
+        if committed and late and not ready.persist.empty:
+            await self._storage_step(ready.persist, None)
+            self._send(late)
+            await self._storage_step(EMPTY_PERSIST, apply)
+        else:
+            await self._storage_step(ready.persist, apply if committed else None)
+            self._send(late)
+        self._step_results = results.results
+        if committed:
+            self.applied_below = max(self.applied_below, new_applied)
+
+    def _send(self, messages: list[Message]) -> None:
+        if self.transport is not None and messages:
+            self.transport.send(messages)
+
+    async def _storage_step(self, persist: Persist, apply) -> None:
+        """One ``write_step``, retried with backoff while storage is unavailable
+        (full disk, I/O error): the step did not happen, so nothing that waits
+        for it may go out, and the replica stops accepting until it works."""
+
         def step() -> float:
             t0 = time.perf_counter()
-            self.storage.write_step(ready.persist, apply if committed else None)
+            self.storage.write_step(persist, apply)
             return time.perf_counter() - t0
 
-        if ready.persist.empty and not committed:
-            return
         loop = asyncio.get_running_loop()
         backoff = STORAGE_RETRY_MIN_S
         while True:
@@ -889,9 +927,6 @@ class Driver:
             self._stopped_reason = ""
             self.on_serving_changed(True)
         self.metrics.labels(self.metrics.fsync_latency).observe(elapsed)
-        self._step_results = results.results
-        if committed:
-            self.applied_below = max(self.applied_below, new_applied)
 
     def _answer(self, ready) -> None:
         now = time.monotonic()

@@ -31,7 +31,7 @@ from typing import Callable
 
 from consensus import Config, DurableState, Refused, Replica, Role
 from consensus.membership import MembershipError
-from consensus.messages import Accepted, Message, Promise
+from consensus.messages import Accepted, Message, Promise, sendable_before_persist
 from sim.checker import Checker
 from sim.network import Network, NetworkProfile
 from sim.storage import SimStorage
@@ -206,6 +206,14 @@ class Simulation:
         assert r is not None
         self.checker.on_promised(node.id, r.promised)
         ready = r.ready()
+        # As the server does: the leader's accepts and heartbeats leave before
+        # its own persist, so a crash here may follow a partial send.
+        late = []
+        for msg in ready.messages:
+            if sendable_before_persist(msg):
+                self._send(msg)
+            else:
+                late.append(msg)
         if self.faults_on and self.rng.random() < self.profile.crash_rate * self.profile.crash_mid_step:
             self._say(f"r{node.id} crashes before persisting a step")
             self._crash(node)
@@ -214,10 +222,9 @@ class Simulation:
         node.storage.write(ready.persist, applied_below)
         if ready.persist.promised is not None and ready.persist.must_sync:
             self.checker.on_durable_promised(node.id, ready.persist.promised)
-        self._check_durable_before_send(node, ready.messages)
-        for msg in ready.messages:
-            for delay in self.net.delays(msg.src, msg.dst):
-                self._schedule(delay, "msg", msg)
+        self._check_durable_before_send(node, late)
+        for msg in late:
+            self._send(msg)
         for slot, value in ready.committed:
             assert slot == node.applied_below, "committed entries out of order"
             self.checker.on_chosen(node.id, slot, value)
@@ -236,6 +243,10 @@ class Simulation:
             for delay in self.net.delays(ready.snapshot_peer, node.id):
                 self._schedule(delay * 3, "snapshot", (ready.snapshot_peer, node.id))
                 break
+
+    def _send(self, msg: Message) -> None:
+        for delay in self.net.delays(msg.src, msg.dst):
+            self._schedule(delay, "msg", msg)
 
     def _check_durable_before_send(self, node: _Node, messages: list) -> None:
         """A promise or an acceptance may leave only once it is on disk."""
