@@ -37,6 +37,7 @@ TOXIC_SCHEDULE = ["toxic-latency:leader", "toxic-timeout:leader", "toxic-reset:f
 def full_schedule(topology: str, network: str) -> list[str]:
     s = ["kill:leader", "kill:follower", "pause:leader", "isolate:leader", "leader-alone", "partition",
          "bridge", "one-way", "clock-step:leader", "clock-drift:leader", "fsync-fail:leader", "disk-full:leader"]
+    s += ["replace"]  # lose the last replica for good; a spare from an empty directory replaces it
     s += TOXIC_SCHEDULE  # loopback: the bundled (or a real) Toxiproxy; netns: each host's delay stage
     if topology == "one-city":
         s += ["lose-dc:fra-a", "lose-dc:fra-b:kill"]
@@ -62,8 +63,9 @@ def _print_run(r: dict) -> None:
         if row.get("skipped"):
             print(f"  {row['fault']:<26} {row['what']}")
             continue
+        extra = f" replaced_after_s={row['replaced_after_s']:.2f}" if "replaced_after_s" in row else ""
         print(f"  {row['fault']:<26} writes_continued={str(row['writes_continued']).lower():<5} "
-              f"rto_s={row['rto_s']:.2f} lost={row['rpo_lost_acknowledged']}  ({row['what']})")
+              f"rto_s={row['rto_s']:.2f} lost={row['rpo_lost_acknowledged']}{extra}  ({row['what']})")
     for v in r.get("verdicts", []):
         print(f"  checker {v['checker']}: valid={v['valid']} {v['stats']} {v['errors'][:2]}")
 

@@ -136,8 +136,31 @@ def write_topology(path: Path, topology: topo.Topology, addresses: dict[str, str
     for r in topology.replicas:
         lines += ["[[replica]]", f'id = "{r.id}"', f'city = "{r.city}"', f'data_center = "{r.data_center}"',
                   f'address = "{addresses[r.id]}"', f"metrics_port = {metrics_ports[r.id]}",
-                  f'data_dir = "{data_root / r.id}"', ""]
+                  f'data_dir = "{data_root / r.id}"', *(["join = true"] if r.join else []), ""]
     path.write_text("\n".join(lines))
+
+
+SPARE_PORT_OFFSET = 50
+
+
+def with_spares(topology: topo.Topology, replaced: list[str]) -> tuple[topo.Topology, list[tuple[str, str]]]:
+    """The topology plus one spare per replacement: a ``join = true`` replica in the zone of the
+    replica it will replace (same city and data center), numbered after the others. Returns the
+    topology and the (old, new) pairs."""
+    from dataclasses import replace as dc_replace
+
+    replicas = list(topology.replicas)
+    pairs = []
+    for old in replaced:
+        spec = topology.replica(old)
+        n = max(r.number for r in replicas) + 1
+        host, port = spec.address.rsplit(":", 1)
+        replicas.append(dc_replace(spec, id=f"r{n}", number=n, join=True,
+                                   address=f"{host}:{int(port) + SPARE_PORT_OFFSET * (len(pairs) + 1)}",
+                                   metrics_port=spec.metrics_port + SPARE_PORT_OFFSET * (len(pairs) + 1),
+                                   data_dir=spec.data_dir.parent / f"r{n}"))
+        pairs.append((old, f"r{n}"))
+    return dc_replace(topology, replicas=tuple(replicas)), pairs
 
 
 def _zone(r: topo.ReplicaSpec) -> tuple[str, str]:
@@ -363,9 +386,15 @@ def _env() -> dict:
 
 
 class ChaosCluster:
-    """Replica processes of one topology on one network; start/kill/pause/restart them."""
+    """Replica processes of one topology on one network; start/kill/pause/restart them.
 
-    def __init__(self, topology: topo.Topology, network, run_dir: Path, shim: Path | None) -> None:
+    ``ids`` are the current voters: the topology's initial ones, and after a replacement
+    (``replace``) the new replica instead of the old. Spares (``join = true`` replicas of the
+    topology, see ``with_spares``) have hosts, links and certificates from the start but run
+    only once a replacement starts them."""
+
+    def __init__(self, topology: topo.Topology, network, run_dir: Path, shim: Path | None,
+                 spares: list[tuple[str, str]] | None = None) -> None:
         self.topology = topology
         self.network = network
         self.run_dir = run_dir
@@ -373,7 +402,9 @@ class ChaosCluster:
         self.shim = shim
         self.procs: dict[str, subprocess.Popen] = {}
         self.paused: set[str] = set()
-        self.ids = [r.id for r in topology.replicas]
+        self.ids = [r.id for r in topology.replicas if not r.join]
+        self.spares = list(spares or [])  # (old, new) replacements still to come
+        self.retired: list[str] = []  # replaced for good: never restarted
         self.cert_dir: Path | None = None  # set by prepare() when the cluster uses TLS
 
     def fault_file(self, rid: str) -> Path:
@@ -399,13 +430,17 @@ class ChaosCluster:
             (self.data_root / r.id).mkdir(parents=True, exist_ok=True)
             self.fault_file(r.id).write_text("1.0 0 0 0 0\n")
 
-    def start(self, rid: str) -> None:
+    def start(self, rid: str, join: bool = False) -> None:
+        if rid in self.retired:
+            raise RuntimeError(f"{rid} was replaced; it must not come back with an empty disk")
         env = _env()
         if self.shim is not None:
             env["LD_PRELOAD"] = str(self.shim)
             env["CHAOS_FAULT_FILE"] = str(self.fault_file(rid))
         log = open(self.run_dir / f"{rid}.log", "ab")
         argv = [sys.executable, "-m", "ledger.server", "--topology", str(self.topology_file(rid)), "--id", rid]
+        if join:
+            argv.append("--join")
         self.procs[rid] = subprocess.Popen(
             self.network.wrap(rid, argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=str(ROOT), env=env, start_new_session=True,
@@ -452,8 +487,38 @@ class ChaosCluster:
         self.kill(rid)
         self.start(rid)
 
+    def wipe(self, rid: str) -> None:
+        """Delete everything in the replica's data directory (the directory itself may be a mount)."""
+        import shutil
+
+        d = self.data_root / rid
+        for child in d.iterdir() if d.exists() else []:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def spare_for(self, old: str) -> str | None:
+        for i, (o, new) in enumerate(self.spares):
+            if o == old:
+                del self.spares[i]
+                return new
+        return None
+
+    def retire(self, old: str, new: str) -> None:
+        """``new`` votes instead of ``old`` from now on; ``old`` is never started again."""
+        self.retired.append(old)
+        self.ids = [new if r == old else r for r in self.ids]
+
+    def admin_argv(self, *args: str) -> list[str]:
+        """``ledgerctl`` against the current voters, from the client host, with the admin identity."""
+        addresses = ",".join(self.network.peer_address("client", r) for r in self.ids)
+        tls = ["--cert-dir", str(self.cert_dir)] if self.cert_dir else []
+        return self.network.wrap("client", [sys.executable, "-m", "ledger.ledgerctl", "--address", addresses,
+                                            "--json", *tls, *args])
+
     def stop_all(self) -> None:
-        for rid in self.ids:
+        for rid in list(self.procs):
             self.resume(rid)
             self.signal(rid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -465,4 +530,4 @@ class ChaosCluster:
                 p.wait()
 
     def exit_codes(self) -> dict[str, int | None]:
-        return {rid: p.poll() for rid, p in self.procs.items()}
+        return {rid: p.poll() for rid, p in self.procs.items() if rid not in self.retired}

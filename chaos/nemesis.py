@@ -21,6 +21,11 @@ is a ``chaos.runner.Context``: the cluster (processes), its network (links),
     toxic-latency   latency with jitter on one replica's links
     toxic-timeout   one replica's outgoing links go silent, then close
     toxic-reset     one replica's links are reset by peer
+    replace         lose a replica for good (SIGKILL, data directory deleted) and
+                    replace it: a spare of the same zone starts from an empty
+                    directory (``--join``), ``ledgerctl members replace old new``
+                    adds it as a learner, waits until it caught up, promotes it,
+                    removes the old one; heal waits for that to finish
 
 Toxics go through the Toxiproxy API (toxiproxy-python): of the bundled server
 or a real Toxiproxy on loopback, of each host's delay stage in netns mode.
@@ -33,13 +38,17 @@ server needs no hook for them.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FILLER_CHUNK_BYTES = 1 << 20
+REPLACE_TIMEOUT_S = 120.0  # the whole replacement (catch-up, promote, remove) after the fault window
 
 
 class Skip(Exception):
@@ -299,9 +308,64 @@ class Nemesis:
     _heal_toxic_reset = _remove_toxics
 
 
+    # ------------------------------------------------------------ replacement
+
+    def _start_replace(self, ctx) -> str:
+        pending = ctx.cluster.spares
+        old = pending[0][0] if self.target == "random" and pending else self._pick(ctx)
+        new = ctx.cluster.spare_for(old)
+        if new is None:
+            raise Skip(f"no spare replica for {old} (the runner adds one per replace in the schedule)")
+        self.state.update(old=old, new=new, started=time.monotonic())
+        ctx.cluster.kill(old)
+        ctx.cluster.wipe(old)
+        ctx.cluster.start(new, join=True)
+        log = open(ctx.cluster.run_dir / f"replace-{old}-{new}.log", "ab")
+        self.state["proc"] = subprocess.Popen(
+            ctx.cluster.admin_argv("--deadline", "30", "members", "replace", old, new,
+                                   "--timeout", str(REPLACE_TIMEOUT_S)),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+        def finished(proc=self.state["proc"]):
+            proc.wait()
+            self.state["done_at"] = time.monotonic()
+
+        threading.Thread(target=finished, daemon=True).start()
+        return f"SIGKILL {old} and delete its data; {new} from an empty directory replaces it"
+
+    def _heal_replace(self, ctx) -> None:
+        # the old replica is gone for good whatever happens: never restart it on an empty disk
+        ctx.cluster.retire(self.state["old"], self.state["new"])
+        proc = self.state["proc"]
+        try:
+            proc.wait(REPLACE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        # from the loss to the new voter set in effect (ledgerctl returns once the removal took effect)
+        self.state["replaced_after_s"] = self.state.get("done_at", time.monotonic()) - self.state["started"]
+        log = ctx.cluster.run_dir / f"replace-{self.state['old']}-{self.state['new']}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        try:
+            members = {m["id"]: m["kind"] for m in json.loads(text)["members"]} if proc.returncode == 0 else {}
+        except (ValueError, KeyError, TypeError):
+            members = {}
+        self.state["members"] = members
+        if proc.returncode != 0 or members.get(self.state["new"]) != "voter" or self.state["old"] in members:
+            self.state["error"] = (f"replacing {self.state['old']} by {self.state['new']} failed "
+                                   f"(ledgerctl exit {proc.returncode}): {text.strip()[-300:]}")
+
+    def report(self) -> dict:
+        """What the runner keeps in the fault window beyond the description."""
+        out = {k: self.state[k] for k in ("replaced_after_s", "members", "error") if k in self.state}
+        return out
+
+
 ALL = (
     "kill", "pause", "isolate", "lose-dc", "lose-city", "partition", "leader-alone", "bridge", "one-way",
     "clock-step", "clock-drift", "disk-full", "fsync-fail", "toxic-latency", "toxic-timeout", "toxic-reset",
+    "replace",
 )
 
 

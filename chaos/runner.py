@@ -31,7 +31,8 @@ from pathlib import Path
 from chaos import nemesis as nem
 from chaos import netns
 from chaos.checkers import check_bank, check_register, check_set
-from chaos.cluster import ROOT, ChaosCluster, LoopbackNetwork, NetnsNetwork, build_shim, forget_pids, remember_pid
+from chaos.cluster import (ROOT, ChaosCluster, LoopbackNetwork, NetnsNetwork, build_shim, forget_pids,
+                           remember_pid, with_spares)
 from chaos.history import OK, History
 from chaos.workload import BANK_ACCOUNTS, BANK_TOTAL
 from cluster import topology as topo
@@ -89,6 +90,18 @@ class Context:
         return max(set(votes), key=votes.count) if votes else None
 
 
+def replace_target(topology: topo.Topology, spec: str) -> str:
+    """The replica a ``replace[:rN]`` spec loses for good: the one named, else the last initial
+    voter (outside the primary zone in the shipped topologies, so leadership stays put)."""
+    parts = spec.split(":")
+    voters = [r.id for r in topology.replicas if not r.join]
+    if len(parts) > 1 and parts[1] not in ("", "random"):
+        if parts[1] not in voters:
+            raise ValueError(f"{spec}: replace takes a replica id of the topology ({', '.join(voters)})")
+        return parts[1]
+    return voters[-1]
+
+
 def _mount_tmpfs(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     # the source names the owner: "chaos-tmpfs-<pid>"
@@ -141,6 +154,8 @@ def _log(msg: str) -> None:
 
 def execute(cfg: RunConfig, progress=None) -> dict:
     topology = topo.load(cfg.topology)
+    replaced = [replace_target(topology, spec) for spec in cfg.schedule if spec.split(":")[0] == "replace"]
+    topology, spares = with_spares(topology, replaced)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.out or (RUNS_ROOT / f"{stamp}-{topology.cluster_id}-{cfg.network}-s{cfg.seed}")
     run_dir = Path(run_dir).resolve()
@@ -156,7 +171,7 @@ def execute(cfg: RunConfig, progress=None) -> dict:
         network = NetnsNetwork(topology, run_dir)
     else:
         network = LoopbackNetwork(topology, run_dir, cfg.toxiproxy_url)
-    cluster = ChaosCluster(topology, network, run_dir, shim)
+    cluster = ChaosCluster(topology, network, run_dir, shim, spares)
     windows: list[dict] = []
     workload: subprocess.Popen | None = None
     tmpfs = False
@@ -209,9 +224,14 @@ def execute(cfg: RunConfig, progress=None) -> dict:
             time.sleep(cfg.fault_s)
             n.heal(ctx)
             window["end"] = time.monotonic()
+            window.update(n.report())
+            if window.get("error"):
+                _log(f"[{i + 1}/{len(cfg.schedule)}] {window['error']}")
             windows.append(window)
             time.sleep(cfg.gap_s)
         _final_heal(ctx)
+        # the members at the end (after replacements): the workload checks convergence across them
+        (control / "members").write_text(",".join(network.peer_address("client", r) for r in cluster.ids))
         healed_at = time.monotonic()
         (control / "healed").write_text(str(healed_at))
         time.sleep(cfg.post_heal_s)
@@ -295,12 +315,15 @@ def judge(run_dir: Path, windows: list[dict], result: dict) -> dict:
     }
     checkers_ok = all(v.valid is not False for v in verdicts)
     decided = all(v.valid is not None for v in verdicts) and bool(verdicts)
-    out["valid"] = bool(checkers_ok and converged and decided and not result.get("replica_exits_before_stop"))
+    window_errors = [w["error"] for w in windows if w.get("error")]
+    out["valid"] = bool(checkers_ok and converged and decided and not result.get("replica_exits_before_stop")
+                        and not window_errors)
     out["why_not_valid"] = [
         *(f"{v.checker}: {v.errors[:3]}" for v in verdicts if v.valid is False),
         *(f"{v.checker}: undecided ({v.errors[:1]})" for v in verdicts if v.valid is None),
         *([] if converged else ["replicas did not converge to one digest after the heal"]),
         *([] if verdicts else ["no history was recorded"]),
+        *window_errors,
         *(f"replica {rid} exited (code {code}) before the end of the run: {_last_line(run_dir / (rid + '.log'))}"
           for rid, code in (result.get("replica_exits_before_stop") or {}).items()),
     ]
@@ -358,6 +381,7 @@ def survival(histories: dict[str, History], windows: list[dict], t0: float | Non
             "fault": w["spec"], "what": w["what"], "start_s": start - (t0 or start), "duration_s": end - start,
             "writes_continued": bool(late), "writes_in_window": len(inside),
             "rto_s": max(gaps) if gaps else None, "rpo_lost_acknowledged": lost,
+            **({"replaced_after_s": w["replaced_after_s"]} if "replaced_after_s" in w else {}),
         })
         prev_end = end
     return rows

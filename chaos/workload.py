@@ -269,7 +269,9 @@ class Workloads:
                 tasks.append(asyncio.create_task(body(i)))
         await asyncio.gather(*tasks)
 
-    async def statuses(self) -> dict[str, dict | None]:
+    async def statuses(self, addresses: list[str] | None = None) -> dict[str, dict | None]:
+        addresses = self.addresses if addresses is None else addresses
+
         async def one(address):
             try:
                 async with open_channel(address, self.tls) as ch:
@@ -279,8 +281,8 @@ class Workloads:
                         "chosen_index": r.chosen_index, "state_digest": r.state_digest, "leader_id": r.leader_id}
             except Exception:  # noqa: BLE001 - unreachable is an answer here
                 return None
-        answers = await asyncio.gather(*(one(a) for a in self.addresses))
-        return dict(zip(self.addresses, answers))
+        answers = await asyncio.gather(*(one(a) for a in addresses))
+        return dict(zip(addresses, answers))
 
     async def final(self, healed_at: float) -> dict:
         result: dict = {"healed_at": healed_at, "stopped_at": time.monotonic()}
@@ -296,13 +298,16 @@ class Workloads:
                     result["write_ok_at"] = None
                     break
                 await asyncio.sleep(POLL_S)
-        # 2. convergence: every replica reports the same digest and applied index
+        # 2. convergence: every replica reports the same digest and applied index (every final
+        # member, when the runner names them: a replaced replica is gone for good)
+        members = self.control / "members"
+        final_addresses = members.read_text().split(",") if members.exists() else self.addresses
         deadline = time.monotonic() + CONVERGE_TIMEOUT_S
         last = {}
         while True:
-            last = await self.statuses()
+            last = await self.statuses(final_addresses)
             answers = [s for s in last.values() if s]
-            if len(answers) == len(self.addresses) and len({(s["state_digest"], s["applied_index"])
+            if len(answers) == len(final_addresses) and len({(s["state_digest"], s["applied_index"])
                                                             for s in answers}) == 1:
                 result["converged_at"] = time.monotonic()
                 break
