@@ -68,3 +68,9 @@ bench: venv proto
 
 bench-quick: venv proto
 	BENCH_JSON=$(BENCH_JSON) $(PY) -m cluster.bench --quick
+
+# Transfer throughput of one replica's storage + state machine as the accounts
+# grow from 10,000 to 10,000,000 (about 3 GB of disk, tens of minutes).
+.PHONY: bench-accounts
+bench-accounts: venv
+	$(PY) bench/accounts_scaling.py --out bench/accounts_scaling.json
