@@ -174,7 +174,7 @@ ALL_MESSAGE_TYPES = (
 )
 
 
-SENDABLE_BEFORE_PERSIST = (Accept, Heartbeat, CatchupRequest, CatchupReply)
+SENDABLE_BEFORE_PERSIST = (Accept, Heartbeat, CatchupRequest, CatchupReply, TimeoutNow)
 """Messages a driver may send before the step that produced them is durable.
 
 None of them speaks for the sender's acceptor state: ``Accept`` and
@@ -183,7 +183,8 @@ disk) already promised, and the leader counts its own acceptance only when a
 later input arrives, which the driver steps after this step's persist; a
 leader that crashes first restarts as a follower and never proposes in that
 ballot again (``Replica._next_ballot`` is above its promise). Catch-up
-carries only chosen values and slot numbers. Promises, acknowledgements and
+carries only chosen values and slot numbers; ``TimeoutNow`` only asks its
+target to campaign. Promises, acknowledgements and
 refusals (``Promise``, ``Accepted``, ``Reject``, ``HeartbeatAck``, and the
 rest) wait for the persist. Sending the leader's accepts first overlaps its
 own disk write with the followers' (the Raft dissertation, 10.2.1, argues

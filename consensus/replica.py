@@ -404,7 +404,12 @@ class Replica:
             self._on_chosen(self.chosen_below)
             self.chosen_below += 1
 
-    def transfer_leadership(self, target: int) -> None:
+    def transfer_leadership(self, target: int, *, at_once: bool = False) -> None:
+        """Ask ``target`` to campaign: TimeoutNow once it has acknowledged every
+        slot in flight, or, ``at_once``, right away (for a leader that cannot
+        go on, e.g. its disk failed: the target recovers what it lacks in
+        phase 1, and waiting for acknowledgements this leader cannot process
+        would wait for ever)."""
         ls = self._leader
         if ls is None:
             raise Refused(RefuseReason.NOT_LEADER, self.leader_id)
@@ -421,6 +426,10 @@ class Replica:
         for r in ls.reads:
             self._reads_refused.append(ReadRefused(r.token, RefuseReason.TRANSFERRING, target))
         ls.reads.clear()
+        if at_once:
+            ls.timeout_now_tick = self.now
+            self._messages.append(TimeoutNow(self.id, target, ls.ballot))
+            return
         self._maybe_send_timeout_now()
 
     def ready(self) -> Ready:

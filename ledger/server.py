@@ -891,6 +891,50 @@ class Driver:
         if committed:
             self.applied_below = max(self.applied_below, new_applied)
 
+    def _hand_over_leadership(self) -> None:
+        """A leader whose storage fails cannot order anything until it works
+        again: ask the most caught-up healthy voter to campaign now, rather
+        than leave the clients waiting for the followers' election timeout."""
+        r = self.replica
+        ls = r._leader  # read-only look at heartbeat acks and peers' chosen points
+        if ls is None or r.membership_changing():
+            return
+        best: tuple[int, int] | None = None  # (chosen point, number)
+        for number in r.membership.voters:
+            if number == self.spec.number:
+                continue
+            if ls.hb_acked.get(number, -1) < ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS:
+                continue
+            candidate = (ls.peer_chosen.get(number, 0), number)
+            if best is None or candidate > best:
+                best = candidate
+        if best is None:
+            return
+        try:
+            r.transfer_leadership(best[1], at_once=True)
+        except Refused:
+            return
+        # Nothing happened since the failed step's ready(), so this one holds
+        # only the TimeoutNow (and reads refused by the transfer): no persist.
+        ready = r.ready()
+        assert ready.persist.empty and not ready.committed, "a hand-over produced a step to persist"
+        self._send([m for m in ready.messages if sendable_before_persist(m)])
+        self._refuse_reads(ready.reads_refused)
+        # Writes in flight may still be chosen, by the next leader: their
+        # callers retry there with the same ids instead of waiting for us.
+        unknown = errors.OutcomeUnknown(
+            "the leader's storage failed and it handed leadership over; the write may still land: "
+            "retry with the same ids"
+        )
+        for inflight in self._inflight.values():
+            for w in inflight.writes:
+                if not w.future.done():
+                    w.future.set_exception(unknown)
+        self._inflight.clear()
+        target = self.topology.by_number(best[1])
+        log(self.logger, logging.WARNING, "storage failed on the leader; handing leadership over",
+            target=target.id if target else best[1])
+
     def _send(self, messages: list[Message]) -> None:
         if self.transport is not None and messages:
             self.transport.send(messages)
@@ -918,6 +962,7 @@ class Driver:
                 if not self._stopped_reason:
                     log(self.logger, logging.ERROR, "storage step failed; stopped accepting", error=str(e))
                     self.on_serving_changed(False)
+                    self._hand_over_leadership()
                 self._stopped_reason = f"storage unavailable ({e.cause})"
                 self._fail_queue(errors.ReplicaStopped(self._stopped_reason))
                 await asyncio.sleep(backoff)
@@ -951,10 +996,7 @@ class Driver:
                     w.future.set_result(slot_results[i] if slot_results is not None else None)
         for rr in ready.reads:
             self._reads_waiting.append((rr.index, rr.token))
-        for rf in ready.reads_refused:
-            future = self._reads.get(rf.token)
-            if future is not None and not future.done():
-                future.set_exception(self.not_leader(f"serve linearizable reads ({rf.reason.name.lower()})"))
+        self._refuse_reads(ready.reads_refused)
         if self._reads_waiting:
             still = []
             for index, token in self._reads_waiting:
@@ -965,6 +1007,12 @@ class Driver:
                 else:
                     still.append((index, token))
             self._reads_waiting = still
+
+    def _refuse_reads(self, refused) -> None:
+        for rf in refused:
+            future = self._reads.get(rf.token)
+            if future is not None and not future.done():
+                future.set_exception(self.not_leader(f"serve linearizable reads ({rf.reason.name.lower()})"))
 
     def _observe(self) -> None:
         r = self.replica

@@ -430,9 +430,10 @@ class Simulation:
             self._change_membership(node)
         if r is not None and r.is_leader and rng.random() < p.transfer_rate:
             target = rng.choice([i for i in self.ids if i != node.id] or [node.id])
+            at_once = rng.random() < 0.5  # as a leader with a failed disk does
             try:
-                r.transfer_leadership(target)
-                self._say(f"r{node.id} hands leadership to r{target}")
+                r.transfer_leadership(target, at_once=at_once)
+                self._say(f"r{node.id} hands leadership to r{target}{' at once' if at_once else ''}")
             except Refused:
                 pass
             self._drive(node)
