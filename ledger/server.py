@@ -83,7 +83,7 @@ from ledger import wire
 from ledger.api_proto import SERVICE_NAMES, pb
 from ledger.metrics import ReplicaMetrics, log, setup_logging
 from ledger.server_peers import PeerServicer, PeerTransport
-from ledger.storage import ReplicaStorage, SnapshotMismatch, StorageError, StorageUnavailable
+from ledger.storage import ReplicaStorage, SnapshotMismatch, StorageError, StorageSyncFailed, StorageUnavailable
 
 # ---------------------------------------------------------------- limits
 
@@ -105,6 +105,7 @@ RPCS_IN_PROGRESS_MAX = QUEUE_REQUESTS_MAX + READS_WAITING_MAX + 1024  # + peers,
 STORAGE_RETRY_MIN_S = 0.05
 STORAGE_RETRY_MAX_S = 2.0
 EMPTY_PERSIST = Persist()
+SYNC_FAILED_HANDOVER_S = 0.05  # time for the TimeoutNow to leave before exit 70
 SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 # What one call may send us: a peer frame (the largest message) plus protobuf
 # framing. Public requests are held to server_auth.PUBLIC_REQUEST_BYTES_MAX
@@ -958,6 +959,13 @@ class Driver:
                 else:
                     elapsed = step()
                 break
+            except StorageSyncFailed:
+                # The process stops (exit 70: what reached the disk is unknown,
+                # only a restart from it is safe); ask a follower to take over
+                # first, so the clients need not wait for an election timeout.
+                self._hand_over_leadership()
+                await asyncio.sleep(SYNC_FAILED_HANDOVER_S)
+                raise
             except StorageUnavailable as e:
                 if not self._stopped_reason:
                     log(self.logger, logging.ERROR, "storage step failed; stopped accepting", error=str(e))
