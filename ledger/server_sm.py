@@ -44,14 +44,6 @@ def make_applier():
     return apply
 
 
-def create_codes(result, events: int) -> list[int]:
-    """Dense codes (one per event) from the state machine's sparse (index, code) list."""
-    codes = [0] * events
-    for index, code in result or ():
-        codes[index] = int(code)
-    return codes
-
-
 def kv_result(result) -> tuple[int, int]:
     """(KvResult code, version) of a KV command's outcome."""
     return int(result.result), result.version
