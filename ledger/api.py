@@ -155,22 +155,30 @@ def transfer_rows(transfers) -> bytes:
     """
     pack = TRANSFER_ROW.pack
     rows = []
+    append = rows.append
     for i, t in enumerate(transfers):
-        code, flags = t.code, t.flags
-        if code > U16_MAX:
-            raise errors.InvalidArgument(f"transfers[{i}].code: {code} is outside 0..{U16_MAX}")
-        if flags > U16_MAX:
-            raise errors.InvalidArgument(f"transfers[{i}].flags: {flags} is outside 0..{U16_MAX}")
-        rows.append(pack(
-            _b16(t.id, "id", i, "transfers"),
-            _b16(t.debit_account_id, "debit_account_id", i, "transfers"),
-            _b16(t.credit_account_id, "credit_account_id", i, "transfers"),
-            _b16(t.amount, "amount", i, "transfers"),
-            _b16(t.pending_id, "pending_id", i, "transfers"),
-            _b16(t.user_data_128, "user_data_128", i, "transfers"),
-            t.user_data_64, t.user_data_32, t.timeout, t.ledger, code, flags, t.timestamp,
-        ))
+        tid, debit, credit, amount = t.id, t.debit_account_id, t.credit_account_id, t.amount
+        pending, ud128, code, flags = t.pending_id, t.user_data_128, t.code, t.flags
+        # Every 128-bit field is 0 or 16 bytes long (16s pads b"" with zeros)
+        # exactly when the OR of the lengths has no bit but 16's; the slow
+        # path below names the offending field.
+        if (len(tid) | len(debit) | len(credit) | len(amount) | len(pending) | len(ud128)) & ~16 or (
+            code > U16_MAX or flags > U16_MAX
+        ):
+            _check_transfer(t, i)
+        append(pack(tid, debit, credit, amount, pending, ud128,
+                    t.user_data_64, t.user_data_32, t.timeout, t.ledger, code, flags, t.timestamp))
     return b"".join(rows)
+
+
+def _check_transfer(t, i: int) -> None:
+    if t.code > U16_MAX:
+        raise errors.InvalidArgument(f"transfers[{i}].code: {t.code} is outside 0..{U16_MAX}")
+    if t.flags > U16_MAX:
+        raise errors.InvalidArgument(f"transfers[{i}].flags: {t.flags} is outside 0..{U16_MAX}")
+    for name in ("id", "debit_account_id", "credit_account_id", "amount", "pending_id", "user_data_128"):
+        _b16(getattr(t, name), name, i, "transfers")
+    raise AssertionError("_check_transfer found nothing wrong")
 
 
 def _batch_size(n: int, what: str) -> None:
