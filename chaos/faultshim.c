@@ -1,15 +1,19 @@
 /* LD_PRELOAD shim for the clock and disk nemeses (libfaketime breaks Python 3.11 here).
  *
- * Interposes clock_gettime (CLOCK_MONOTONIC, CLOCK_REALTIME) and fsync /
- * fdatasync / msync. The state lives in the text file named by
+ * Interposes clock_gettime (CLOCK_MONOTONIC, CLOCK_BOOTTIME, CLOCK_REALTIME)
+ * and fsync / fdatasync / msync. The state lives in the text file named by
  * CHAOS_FAULT_FILE, re-read at most every 5 ms of real time:
  *
  *     rate anchor_ns mono_offset_ns real_offset_ns fail_sync
  *
  *   fake(t) = t + (t - anchor) * (rate - 1) + offset      (t: the real clock)
  *
- * monotonic uses mono_offset, realtime real_offset (the realtime drift is
- * measured against the real monotonic clock). fail_sync = 1 makes every
+ * monotonic and boottime use mono_offset (the server's consensus ticks follow
+ * CLOCK_BOOTTIME, asyncio's and gRPC's timers CLOCK_MONOTONIC: both must move
+ * together), realtime real_offset (the realtime drift is measured against the
+ * real monotonic clock). The five values are published under a sequence
+ * counter, so a thread never combines a new rate with an old anchor or offset
+ * (which would read as a jump of the whole accumulated offset). fail_sync = 1 makes every
  * fsync/fdatasync/msync fail with EIO. Sleeps are untouched: only what the
  * process reads as "now" changes. chaos/nemesis.py writes the file so that
  * the fake clocks stay continuous when the rate changes.
@@ -31,6 +35,8 @@ static int (*real_msync)(void *, size_t, int);
 static volatile double g_rate = 1.0;
 static volatile int64_t g_anchor, g_mono_off, g_real_off;
 static volatile int g_fail_sync;
+static volatile unsigned g_seq;
+static volatile int g_writing; /* one thread refreshes at a time */ /* odd while the values above are being written */
 static volatile int64_t g_next_check;
 static __thread int t_busy;
 
@@ -47,35 +53,47 @@ static void refresh(int64_t now_mono) {
     g_next_check = now_mono + CHECK_EVERY_NS;
     const char *path = getenv("CHAOS_FAULT_FILE");
     if (!path) return;
+    if (__atomic_exchange_n(&g_writing, 1, __ATOMIC_ACQUIRE)) return; /* another thread reads it now */
     t_busy = 1;
     FILE *f = fopen(path, "r");
     if (f) {
         double rate; long long anchor, mono_off, real_off; int fail;
         if (fscanf(f, "%lf %lld %lld %lld %d", &rate, &anchor, &mono_off, &real_off, &fail) == 5) {
+            __atomic_add_fetch(&g_seq, 1, __ATOMIC_SEQ_CST);
             g_rate = rate; g_anchor = anchor; g_mono_off = mono_off; g_real_off = real_off; g_fail_sync = fail;
+            __atomic_add_fetch(&g_seq, 1, __ATOMIC_SEQ_CST);
         }
         fclose(f);
     }
     t_busy = 0;
+    __atomic_store_n(&g_writing, 0, __ATOMIC_RELEASE);
 }
 
 int clock_gettime(clockid_t clk, struct timespec *tp) {
     resolve();
-    if (clk != CLOCK_MONOTONIC && clk != CLOCK_REALTIME) return real_clock_gettime(clk, tp);
+    if (clk != CLOCK_MONOTONIC && clk != CLOCK_BOOTTIME && clk != CLOCK_REALTIME)
+        return real_clock_gettime(clk, tp);
     struct timespec mono;
     int rc = real_clock_gettime(CLOCK_MONOTONIC, &mono);
     if (rc) return rc;
     int64_t m = ns_of(&mono);
     refresh(m);
-    int64_t drift = (int64_t)((double)(m - g_anchor) * (g_rate - 1.0));
+    double rate;
+    int64_t anchor, mono_off, real_off;
+    unsigned seq;
+    do { /* a consistent snapshot of the five values */
+        seq = __atomic_load_n(&g_seq, __ATOMIC_SEQ_CST);
+        rate = g_rate; anchor = g_anchor; mono_off = g_mono_off; real_off = g_real_off;
+    } while ((seq & 1) || seq != __atomic_load_n(&g_seq, __ATOMIC_SEQ_CST));
+    int64_t drift = (int64_t)((double)(m - anchor) * (rate - 1.0));
     int64_t v;
     if (clk == CLOCK_MONOTONIC) {
-        v = m + drift + g_mono_off;
+        v = m + drift + mono_off;
     } else {
-        struct timespec rt;
-        rc = real_clock_gettime(CLOCK_REALTIME, &rt);
+        struct timespec base;
+        rc = real_clock_gettime(clk, &base);
         if (rc) return rc;
-        v = ns_of(&rt) + drift + g_real_off;
+        v = ns_of(&base) + drift + (clk == CLOCK_BOOTTIME ? mono_off : real_off);
     }
     tp->tv_sec = v / 1000000000LL;
     tp->tv_nsec = v % 1000000000LL;

@@ -1,5 +1,6 @@
-"""Goal: nemesis specs parse; the fault shim (LD_PRELOAD over clock_gettime and
-fsync) steps and drifts one process's clocks continuously and makes its fsync
+"""Goal: nemesis specs parse; the fault shim (LD_PRELOAD over clock_gettime, for
+the monotonic, boottime and realtime clocks, and fsync) steps and drifts one
+process's clocks continuously and makes its fsync
 fail, driven by the file the clock and fsync nemeses write; and a short chaos
 run on loopback (real replicas, the Toxiproxy-API proxy, the real client) is
 judged valid, heals, converges and writes its report."""
@@ -42,7 +43,7 @@ import json, os, sys, time
 m0, r0 = time.monotonic(), time.time()
 for _ in range(3):
     line = sys.stdin.readline()
-    result = {"mono": time.monotonic(), "real": time.time()}
+    result = {"mono": time.monotonic(), "real": time.time(), "boot": time.clock_gettime(time.CLOCK_BOOTTIME)}
     try:
         fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT)
         os.fsync(fd)
@@ -67,7 +68,7 @@ def test_fault_shim_steps_drifts_and_fails_fsync(shim, tmp_path):
         def step() -> dict:
             import time
 
-            before = {"mono": time.monotonic(), "real": time.time()}
+            before = {"mono": time.monotonic(), "real": time.time(), "boot": time.clock_gettime(time.CLOCK_BOOTTIME)}
             # not a wait for an event: the shim caches its file for 5 ms of real time by design
             time.sleep(0.02)
             proc.stdin.write("\n")
@@ -79,6 +80,7 @@ def test_fault_shim_steps_drifts_and_fails_fsync(shim, tmp_path):
         n.start(ctx)
         before, stepped = step()
         assert stepped["mono"] - before["mono"] > 90  # monotonic jumped forward
+        assert stepped["boot"] - before["boot"] > 90  # and boottime with it (the server's consensus ticks)
         assert stepped["real"] - before["real"] > 90
         nemesis.Nemesis("fsync-fail", "r1")._write_faults(ctx, "r1", fail_sync=1)
         _, failing = step()
