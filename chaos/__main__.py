@@ -8,6 +8,8 @@
     python -m chaos run --topology T --schedule kill:leader,partition [--fault-s 6 --gap-s 5 ...]
     python -m chaos rtt [--network netns|loopback] [--topology three-cities]
         measure the round-trip times the delay stage gives between zones
+    python -m chaos gaps RUN_DIR [--top 10]
+        the longest gaps between acknowledged writes of a run, with the fault windows they overlap
     python -m chaos cleanup [--all]
         kill processes, delete namespaces and unmount tmpfs left by runs whose process
         has died (a run running now keeps its own); --all: everything of every run
@@ -28,7 +30,7 @@ from chaos import netns, runner
 
 TOPOLOGIES = ("one-city", "two-cities", "three-cities")
 QUICK_SCHEDULE = ["kill:leader", "partition", "pause:leader", "clock-drift:leader", "fsync-fail:follower"]
-QUICK_LAST = {"loopback": "toxic-latency:leader", "netns": "one-way"}
+QUICK_LAST = {"loopback": ["toxic-latency:leader"], "netns": ["one-way", "toxic-latency:leader"]}
 
 
 TOXIC_SCHEDULE = ["toxic-latency:leader", "toxic-timeout:leader", "toxic-reset:follower", "toxic-latency:follower"]
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("rtt", help="measure the zone round-trip times")
     sp.add_argument("--network", choices=("loopback", "netns"), default=None)
     sp.add_argument("--topology", default="three-cities")
+    sp = sub.add_parser("gaps", help="the longest write gaps of a run and the faults around them")
+    sp.add_argument("run_dir")
+    sp.add_argument("--top", type=int, default=10)
     sp = sub.add_parser("cleanup", help="remove what runs whose process died left")
     sp.add_argument("--all", action="store_true", help="also what live runs (and older versions) hold")
     args = p.parse_args(argv)
@@ -108,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         if kept:
             print("kept (their run is alive, or they name no owner; --all removes them): " + ", ".join(kept))
         return 0
+    if args.cmd == "gaps":
+        for g in runner.write_gaps(args.run_dir, args.top):
+            print(f"{g['gap_s']:7.3f} s  from t={g['from_s']:8.2f} to {g['to_s']:8.2f}  "
+                  f"(monotonic {g['from_monotonic']:.3f})  during: {'; '.join(g['windows'])}")
+            for rid, states in g["replicas"].items():
+                print(f"           {rid}: {states}")
+        return 0
     if args.cmd == "rtt":
         from chaos import rtt
 
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     network = args.network or _default_network()
     configs = []
     if args.cmd == "quick":
-        configs.append(runner.RunConfig(topology=args.topology, network=network, schedule=QUICK_SCHEDULE + [QUICK_LAST[network]],
+        configs.append(runner.RunConfig(topology=args.topology, network=network, schedule=QUICK_SCHEDULE + QUICK_LAST[network],
                                         fault_s=args.fault_s or 5.0, gap_s=args.gap_s or 4.0, seed=args.seed,
                                         concurrency=args.concurrency, toxiproxy_url=args.toxiproxy))
     elif args.cmd == "run":

@@ -387,6 +387,42 @@ def survival(histories: dict[str, History], windows: list[dict], t0: float | Non
     return rows
 
 
+def write_gaps(run_dir: Path, top: int = 10) -> list[dict]:
+    """The longest gaps between acknowledged writes of a finished run (whole run, not only fault
+    windows), each with the fault windows it overlaps: where to look for stalls."""
+    run_dir = Path(run_dir)
+    times = _write_times({w: _load(run_dir, w) for w in ("bank", "register", "set")})
+    windows = json.loads((run_dir / "windows.json").read_text()) if (run_dir / "windows.json").exists() else []
+    verdict = json.loads((run_dir / "verdict.json").read_text()) if (run_dir / "verdict.json").exists() else {}
+    t0 = verdict.get("t0") or (times[0] if times else 0.0)
+    gaps = sorted(((b - a, a, b) for a, b in zip(times, times[1:])), reverse=True)[:top]
+    polls = []
+    if (run_dir / "status.jsonl").exists():
+        for line in (run_dir / "status.jsonl").read_text().splitlines():
+            try:
+                polls.append(json.loads(line))
+            except ValueError:
+                pass
+    names = {address: st["id"] for poll in polls for address, st in poll["replicas"].items() if st}
+    out = []
+    for gap, a, b in gaps:
+        during = [f"{w['spec']} ({w['what']})" for w in windows
+                  if not w.get("skipped") and w["start"] <= b and w.get("end", w["start"]) >= a]
+        # what each replica said while no write got through: its roles (leader), or "-" for no answer
+        seen: dict[str, list[str]] = {}
+        for poll in polls:
+            if a <= poll["t"] <= b:
+                for address, st in poll["replicas"].items():
+                    word = "-" if st is None else f"{st['role']}({st['leader_id'] or '?'})"
+                    states = seen.setdefault(names.get(address, address), [])
+                    if not states or states[-1] != word:
+                        states.append(word)
+        out.append({"gap_s": round(gap, 3), "from_s": round(a - t0, 3), "to_s": round(b - t0, 3),
+                    "from_monotonic": a, "windows": during or ["(no fault window)"],
+                    "replicas": {k: " > ".join(v) for k, v in sorted(seen.items())}})
+    return out
+
+
 def summary_line(results: list[dict]) -> str:
     valid = bool(results) and all(r.get("valid") for r in results)
     ops = sum(r.get("ops", 0) for r in results)

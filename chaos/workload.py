@@ -10,7 +10,8 @@ Phases, steered by files in ``CTRL_DIR`` that the runner writes:
 1. setup    create the bank and set accounts, fund the bank (retried until done)
             then write ``ready``
 2. run      ``--concurrency`` processes per workload issue operations until
-            the file ``stop`` appears; every op lands in RUN_DIR/<workload>.jsonl
+            the file ``stop`` appears; every op lands in RUN_DIR/<workload>.jsonl;
+            meanwhile every replica's status is polled into RUN_DIR/status.jsonl
 3. final    wait until a write succeeds again, poll every replica's status
             until all report the same state digest and applied index, do the
             final reads (bank balances, the set's elements), write
@@ -53,6 +54,7 @@ CONVERGE_TIMEOUT_S = 60.0
 FINAL_READS_TIMEOUT_S = 60.0  # all final-read attempts of one workload together
 FINAL_READ_TIMEOUT_S = 15.0  # one final read (the set's may be several pages of 8,190)
 POLL_S = 0.1
+STATUS_EVERY_S = 0.25
 OPS_MAX = 1_000_000  # per run, all workloads together: a hard stop
 
 
@@ -284,6 +286,22 @@ class Workloads:
         answers = await asyncio.gather(*(one(a) for a in addresses))
         return dict(zip(addresses, answers))
 
+    async def watch_statuses(self, path: Path) -> None:
+        """Every replica's status every STATUS_EVERY_S while the workloads run (status.jsonl: the
+        monotonic time and, per address, role, leader, ballot-free progress, or null when it did
+        not answer within a second): shows who led, who followed and who stopped answering when
+        writes stalled."""
+        with open(path, "a") as f:
+            while not self.stopping():
+                t = time.monotonic()
+                answers = await self.statuses()
+                f.write(json.dumps({"t": t, "took_s": round(time.monotonic() - t, 3), "replicas": {
+                    a: (None if s is None else {k: s[k] for k in ("id", "role", "leader_id", "applied_index",
+                                                                    "chosen_index")})
+                    for a, s in answers.items()}}) + "\n")
+                f.flush()
+                await asyncio.sleep(max(0.0, STATUS_EVERY_S - (time.monotonic() - t)))
+
     async def final(self, healed_at: float) -> dict:
         result: dict = {"healed_at": healed_at, "stopped_at": time.monotonic()}
         # 1. full service: a write succeeds (a KV put of a marker key)
@@ -364,7 +382,9 @@ async def amain(args) -> int:
     w.stale_reads = args.stale_reads
     await w.setup()
     (control / "ready").write_text(str(time.monotonic()))
+    watcher = asyncio.create_task(w.watch_statuses(out / "status.jsonl"))
     await w.run()
+    watcher.cancel()
     while not (control / "healed").exists():
         await asyncio.sleep(POLL_S)
     healed_at = float((control / "healed").read_text() or time.monotonic())
