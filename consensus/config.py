@@ -51,6 +51,13 @@ class Config:
     retransmit_ticks: int = 4
     catchup_retry_ticks: int = 4
     transfer_timeout_ticks: int = 20
+    # A leader whose heartbeat round no majority acknowledged for this long
+    # steps down. This is for liveness only (the lease keeps reads safe, and
+    # nothing is chosen without a majority), so it is longer than the
+    # election timeout: followers busy with a long storage step (a large
+    # batch to apply) acknowledge late, and their leader should not abdicate
+    # for that.
+    check_quorum_ticks: int = 40
     clock_drift_ppm: int = 50_000  # 5 %: generous, checked by the simulator
     lease_reads: bool = True
 
@@ -88,6 +95,10 @@ class Config:
             "heartbeats never cause an election",
         )
         need(self.election_timeout_spread_ticks >= 1, "election timeout spread must be >= 1")
+        need(
+            self.check_quorum_ticks >= self.election_timeout_min_ticks,
+            "check_quorum_ticks must be >= election_timeout_min_ticks",
+        )
         drift = self.clock_drift_ppm / 1e6
         need(0 <= drift < 0.5, "clock_drift_ppm must be below 500000")
         need(

@@ -867,9 +867,13 @@ class Replica:
         ls = self._leader
         assert ls is not None
         cfg = self.config
-        if self.now - ls.last_quorum_tick >= cfg.election_timeout_min_ticks or not self.is_voter():
-            # No majority heard us for a whole timeout (we may be cut off),
-            # or we are no longer a voter.
+        unacked = next(iter(ls.hb_sent_tick.values()), None)  # oldest round no majority acked
+        if (unacked is not None and self.now - unacked >= cfg.check_quorum_ticks) or not self.is_voter():
+            # A heartbeat round went unacknowledged by a majority for
+            # check_quorum_ticks (we may be cut off), or we are no longer a
+            # voter. Counted from a round we sent, not from the last round
+            # acknowledged: a leader that could not send for a while (a long
+            # storage step) has no evidence of being cut off.
             self._step_down(leader_id=0)
             self._reset_election_timer()
             return

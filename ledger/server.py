@@ -74,7 +74,7 @@ from grpc_reflection.v1alpha import reflection
 from cluster import topology as topo
 from consensus import Config, Persist, Refused, RefuseReason, Replica, Role
 from consensus.membership import MembershipError, is_membership_value
-from consensus.messages import Message, sendable_before_persist
+from consensus.messages import Heartbeat, HeartbeatAck, Message, sendable_before_persist
 from ledger import commands as cmd
 from ledger import digest as digest_mod
 from ledger import errors
@@ -106,6 +106,7 @@ STORAGE_RETRY_MIN_S = 0.05
 STORAGE_RETRY_MAX_S = 2.0
 EMPTY_PERSIST = Persist()
 SYNC_FAILED_HANDOVER_S = 0.05  # time for the TimeoutNow to leave before exit 70
+KEEPALIVE_MAX_S = 2.0  # longest storage step during which a leader resends heartbeats
 SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 # What one call may send us: a peer frame (the largest message) plus protobuf
 # framing. Public requests are held to server_auth.PUBLIC_REQUEST_BYTES_MAX
@@ -218,6 +219,8 @@ class Driver:
         self._storage_thread = ThreadPoolExecutor(1, thread_name_prefix="storage")
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
+        self._inbox_foreign = False  # the inbox holds a message not from the leader
+        self._storage_busy = False  # a storage step is running in the storage thread
         self._queue: list[PendingWrite] = []
         self._queue_events = 0
         self._inflight: dict[int, Inflight] = {}
@@ -232,6 +235,7 @@ class Driver:
         self._last_timestamp_ns = 0
         self._last_proposal_at = time.monotonic()
         self._snapshot_logged_at = -1e9
+        self._last_heartbeats: dict[int, Heartbeat] = {}  # peer -> the last Heartbeat sent to it
         self._step_results: dict[int, list] = {}
         self.has_pending_expiries: Callable[[Any, int], bool] = lambda tables, now_ns: False
         self.transport: PeerTransport | None = None
@@ -642,8 +646,34 @@ class Driver:
     def deliver(self, messages: list[Message]) -> None:
         if len(self._inbox) + len(messages) > INBOX_MESSAGES_MAX:
             return  # overload: dropping is safe, the senders retransmit
+        leader = self.replica.leader_id
+        if not self._inbox_foreign and any(m.src != leader for m in messages):
+            self._inbox_foreign = True
         self._inbox.extend(messages)
+        if self._storage_busy:
+            self._ack_heartbeats_now(messages)
         self._wake.set()
+
+    def _ack_heartbeats_now(self, messages: list[Message]) -> None:
+        """While a long storage step runs, answer the leader's heartbeats at
+        once, as the core will when it steps them after the step: otherwise
+        a follower busy applying a large batch looks dead to its leader.
+
+        Only when the core would answer the same (it follows that ballot)
+        and nothing but the leader's messages wait before the heartbeat: the
+        core then steps the heartbeat before anything that could change its
+        mind, renewing the stickiness the leader's lease counts on no earlier
+        than this acknowledgement claims."""
+        r = self.replica
+        if r.role is not Role.FOLLOWER or not r.leader_id or self._inbox_foreign:
+            return
+        acks = [
+            HeartbeatAck(r.id, m.src, m.ballot, m.seq, r.chosen_below)
+            for m in messages
+            if type(m) is Heartbeat and m.src == r.leader_id and m.ballot == r.promised
+        ]
+        if acks:
+            self._send(acks)
 
     # ------------------------------------------------------------ the loop
 
@@ -717,6 +747,7 @@ class Driver:
         r.advance(ticks)
         if self._inbox:
             inbox, self._inbox = self._inbox, []
+            self._inbox_foreign = False
             for m in inbox:
                 r.step(m)
         if ticks:
@@ -753,7 +784,7 @@ class Driver:
                     # The leader's accepts leave now: its own disk write
                     # overlaps the followers' (consensus.messages).
                     late = [m for m in late if not sendable_before_persist(m)]
-                    self.transport.send(early)
+                    self._send(early)
             await self._persist_and_apply(ready, late)
             self._answer(ready)
             if ready.committed:
@@ -938,7 +969,30 @@ class Driver:
 
     def _send(self, messages: list[Message]) -> None:
         if self.transport is not None and messages:
+            for m in messages:
+                if type(m) is Heartbeat:
+                    self._last_heartbeats[m.dst] = m
             self.transport.send(messages)
+
+    async def _keep_followers(self) -> None:
+        """While a long storage step runs (a large batch to apply), the turn
+        that would send the next heartbeats waits for it; resend the last
+        ones every heartbeat period so the followers do not take a busy
+        leader for a dead one. A resent heartbeat is a duplicate of one
+        already sent (the network may duplicate any message): it renews the
+        followers' election timers, never the leader's lease (its
+        acknowledgements name the old round). Given up after
+        KEEPALIVE_MAX_S: a leader stuck that long is treated as gone."""
+        period = self.tick_s * self.config.heartbeat_ticks
+        deadline = time.monotonic() + KEEPALIVE_MAX_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(period)
+            r = self.replica
+            if r.role is not Role.LEADER:
+                return
+            again = [m for m in self._last_heartbeats.values() if m.ballot == r.ballot]
+            if again and self.transport is not None:
+                self.transport.send(again)
 
     async def _storage_step(self, persist: Persist, apply) -> None:
         """One ``write_step``, retried with backoff while storage is unavailable
@@ -955,7 +1009,16 @@ class Driver:
         while True:
             try:
                 if STORAGE_IN_THREAD:
-                    elapsed = await loop.run_in_executor(self._storage_thread, step)
+                    keepalive = None
+                    if self.replica.role is Role.LEADER and self.transport is not None:
+                        keepalive = asyncio.create_task(self._keep_followers())
+                    self._storage_busy = True
+                    try:
+                        elapsed = await loop.run_in_executor(self._storage_thread, step)
+                    finally:
+                        self._storage_busy = False
+                        if keepalive is not None:
+                            keepalive.cancel()
                 else:
                     elapsed = step()
                 break
