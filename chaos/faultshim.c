@@ -15,12 +15,17 @@
  * counter, so a thread never combines a new rate with an old anchor or offset
  * (which would read as a jump of the whole accumulated offset). fail_sync = 1 makes every
  * fsync/fdatasync/msync fail with EIO. Sleeps are untouched: only what the
- * process reads as "now" changes. chaos/nemesis.py writes the file so that
+ * process reads as "now" changes. A deadline the process computed from its
+ * faked clock is turned back into the real clock before the kernel sees it
+ * (the kernel sleeps on the real one), so time.sleep(0.1) still sleeps 0.1 s
+ * after a step of +60 s instead of 60.1 s, and not 0 s after a step back. chaos/nemesis.py writes the file so that
  * the fake clocks stay continuous when the rate changes.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +103,63 @@ int clock_gettime(clockid_t clk, struct timespec *tp) {
     tp->tv_sec = v / 1000000000LL;
     tp->tv_nsec = v % 1000000000LL;
     return 0;
+}
+
+/* The real deadline for an absolute deadline on the faked clock clk. */
+static void to_real(clockid_t clk, const struct timespec *fake, struct timespec *out) {
+    *out = *fake;
+    if (clk != CLOCK_MONOTONIC && clk != CLOCK_BOOTTIME && clk != CLOCK_REALTIME) return;
+    struct timespec now_fake, now_real;
+    resolve();
+    if (clock_gettime(clk, &now_fake) || real_clock_gettime(clk, &now_real)) return;
+    int64_t v = ns_of(fake) - (ns_of(&now_fake) - ns_of(&now_real));
+    if (v < 0) v = 0;
+    out->tv_sec = v / 1000000000LL;
+    out->tv_nsec = v % 1000000000LL;
+}
+
+int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req, struct timespec *rem) {
+    static int (*real_fn)(clockid_t, int, const struct timespec *, struct timespec *);
+    if (!real_fn) real_fn = dlsym(RTLD_NEXT, "clock_nanosleep");
+    if (!(flags & TIMER_ABSTIME)) return real_fn(clk, flags, req, rem);
+    struct timespec deadline;
+    to_real(clk, req, &deadline);
+    return real_fn(clk, flags, &deadline, rem);
+}
+
+int sem_clockwait(sem_t *sem, clockid_t clk, const struct timespec *abstime) {
+    static int (*real_fn)(sem_t *, clockid_t, const struct timespec *);
+    if (!real_fn) real_fn = dlsym(RTLD_NEXT, "sem_clockwait");
+    struct timespec deadline;
+    to_real(clk, abstime, &deadline);
+    return real_fn(sem, clk, &deadline);
+}
+
+int sem_timedwait(sem_t *sem, const struct timespec *abstime) {
+    static int (*real_fn)(sem_t *, const struct timespec *);
+    if (!real_fn) real_fn = dlsym(RTLD_NEXT, "sem_timedwait");
+    struct timespec deadline;
+    to_real(CLOCK_REALTIME, abstime, &deadline);
+    return real_fn(sem, &deadline);
+}
+
+int pthread_cond_clockwait(pthread_cond_t *cond, pthread_mutex_t *mutex, clockid_t clk,
+                           const struct timespec *abstime) {
+    static int (*real_fn)(pthread_cond_t *, pthread_mutex_t *, clockid_t, const struct timespec *);
+    if (!real_fn) real_fn = dlsym(RTLD_NEXT, "pthread_cond_clockwait");
+    struct timespec deadline;
+    to_real(clk, abstime, &deadline);
+    return real_fn(cond, mutex, clk, &deadline);
+}
+
+int pthread_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex, const struct timespec *abstime) {
+    static int (*real_fn)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *);
+    if (!real_fn) real_fn = dlsym(RTLD_NEXT, "pthread_cond_timedwait");
+    /* glibc keeps the condition's clock in bit 0 of __wrefs (1: CLOCK_MONOTONIC) */
+    clockid_t clk = (cond->__data.__wrefs & 1) ? CLOCK_MONOTONIC : CLOCK_REALTIME;
+    struct timespec deadline;
+    to_real(clk, abstime, &deadline);
+    return real_fn(cond, mutex, &deadline);
 }
 
 static int sync_fails(void) {

@@ -123,3 +123,30 @@ def test_short_loopback_run_is_valid_and_reported(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     line = runner.summary_line([result])
     assert line.startswith("chaos: valid=true ") and "\n" not in line
+
+
+WAITS = """
+import threading, time
+real = lambda: time.clock_gettime(time.CLOCK_MONOTONIC_RAW)
+out = []
+for wait in (lambda: time.sleep(0.2), lambda: threading.Event().wait(0.2)):
+    t = real()
+    wait()
+    out.append(real() - t)
+print(" ".join(f"{x:.3f}" for x in out))
+"""
+
+
+@pytest.mark.parametrize("offset_s", [30, -30])
+def test_waits_keep_their_length_when_the_clock_is_stepped(shim, tmp_path, offset_s):
+    """The kernel sleeps on the real clock: a deadline computed from the faked clock is moved back
+    into real time, so a step neither stretches a 0.2 s wait by the step nor cuts it to nothing."""
+    faults = tmp_path / "faults.txt"
+    ns = int(offset_s * 1e9)
+    faults.write_text(f"1.0 0 {ns} {ns} 0\n")
+    env = {"LD_PRELOAD": str(shim), "CHAOS_FAULT_FILE": str(faults), "PATH": "/usr/bin:/bin"}
+    got = subprocess.run([sys.executable, "-c", WAITS], capture_output=True, text=True, env=env, timeout=60)
+    waits = [float(x) for x in got.stdout.split()]
+    assert len(waits) == 2, got.stderr
+    for w in waits:
+        assert 0.15 < w < 5, waits
