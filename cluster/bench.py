@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 accounts_made = accounts
             row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher))
+            row["leader_ballot_after"] = _leader_ballot(cluster)  # which scenario an election fell in
             results["load"].append(row)
             how = " (Batcher)" if batcher else ""
             print(f"{concurrency:>7} {batch:>10} {accounts:>9} {row['transfers_per_s']:>12} {row['p50_ms']:>8.2f} "
