@@ -98,9 +98,10 @@ class Nemesis:
     def _zone(self, ctx, kind: str) -> tuple[str, list[str]]:
         topo = ctx.cluster.topology
         key = (lambda r: r.data_center) if kind == "dc" else (lambda r: r.city)
-        zones = sorted({key(r) for r in topo.replicas})
+        current = [r for r in topo.replicas if r.id in ctx.cluster.ids]  # not spares, not replaced ones
+        zones = sorted({key(r) for r in current})
         zone = ctx.rng.choice(zones) if self.target == "random" else self.target
-        members = [r.id for r in topo.replicas if key(r) == zone]
+        members = [r.id for r in current if key(r) == zone]
         if not members:
             raise ValueError(f"nemesis {self.name}: no replica in zone {zone!r} (zones: {zones})")
         return zone, members

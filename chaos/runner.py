@@ -222,8 +222,11 @@ def execute(cfg: RunConfig, progress=None) -> dict:
             if progress:
                 progress(spec)
             time.sleep(cfg.fault_s)
-            n.heal(ctx)
-            window["end"] = time.monotonic()
+            try:
+                n.heal(ctx)
+            except Exception as e:  # noqa: BLE001 - a harness fault: the run is invalid, the suite goes on
+                window["error"] = f"healing {spec} failed: {type(e).__name__}: {e}"
+                ctx.network.heal()
             window.update(n.report())
             if window.get("error"):
                 _log(f"[{i + 1}/{len(cfg.schedule)}] {window['error']}")

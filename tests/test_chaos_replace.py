@@ -32,6 +32,22 @@ def test_spares_take_the_zone_of_the_replica_they_replace():
     assert t2.initial_voters == t.initial_voters
 
 
+def test_zone_faults_after_a_replacement_take_the_current_members():
+    import random
+    from types import SimpleNamespace
+
+    from chaos import nemesis
+    from chaos.cluster import ChaosCluster
+
+    t, pairs = with_spares(topo.load("two-cities"), ["r3"])
+    cluster = ChaosCluster.__new__(ChaosCluster)
+    cluster.topology, cluster.ids, cluster.spares, cluster.retired = t, ["r1", "r2", "r3"], pairs, []
+    ctx = SimpleNamespace(cluster=cluster, rng=random.Random(1))
+    assert nemesis.make("lose-city:paris:kill")._zone(ctx, "city") == ("paris", ["r3"])  # not the spare
+    cluster.retire("r3", "r4")
+    assert nemesis.make("lose-city:paris:kill")._zone(ctx, "city") == ("paris", ["r4"])  # not the lost one
+
+
 @pytest.mark.timeout(110)
 def test_a_lost_replica_is_replaced_under_load_and_nothing_is_lost(tmp_path):
     network = "netns" if netns.is_root() else "loopback"
