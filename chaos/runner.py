@@ -227,7 +227,8 @@ def execute(cfg: RunConfig, progress=None) -> dict:
             except Exception as e:  # noqa: BLE001 - a harness fault: the run is invalid, the suite goes on
                 window["error"] = f"healing {spec} failed: {type(e).__name__}: {e}"
                 ctx.network.heal()
-            window.update(n.report())
+            window["end"] = time.monotonic()
+            window.update({k: v for k, v in n.report().items() if k not in window})
             if window.get("error"):
                 _log(f"[{i + 1}/{len(cfg.schedule)}] {window['error']}")
             windows.append(window)
