@@ -206,7 +206,8 @@ def test_runs_side_by_side_keep_their_own_and_cleanup_takes_only_the_dead():
     assert not netns.list_namespaces(dead.tag) and not own_namespaces()
 
 
-def test_an_interrupted_run_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_leaves_nothing(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "chaos", "run", "--network", "netns", "--schedule", "kill:leader",
                              "--fault-s", "30"], cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -216,7 +217,7 @@ def test_an_interrupted_run_leaves_nothing(tmp_path):
         while time.monotonic() < deadline and len(netns.list_namespaces(tag)) < 5:
             time.sleep(0.1)
         assert len(netns.list_namespaces(tag)) == 5  # switch, client, three replicas
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.wait(60)
     finally:
         if proc.poll() is None:
