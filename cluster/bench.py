@@ -45,7 +45,7 @@ from pathlib import Path
 import grpc
 
 from cluster.local import LocalCluster, wait_until
-from ledger.api_proto import pb
+from ledger.api_proto import pb, varint
 from ledger.client import AsyncClient, Batcher
 from ledger.model import Transfer
 
@@ -68,21 +68,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[i]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 class Ids:
@@ -125,7 +113,7 @@ class TransferEncoder:
             if credit == debit:
                 credit = 1 + debit % n
             body = b"\x0a\x10" + i.to_bytes(16, "big") + self._tail(debit, credit)
-            parts.append(b"\x0a" + _varint(len(body)) + body)
+            parts.append(b"\x0a" + varint(len(body)) + body)
         return b"".join(parts)
 
 

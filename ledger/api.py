@@ -25,7 +25,7 @@ from cluster.certs import TlsCredentials, open_channel
 from ledger import commands as cmd
 from ledger import errors
 from ledger import server_sm as sm
-from ledger.api_proto import pb, pb_grpc
+from ledger.api_proto import pb, pb_grpc, varint
 from ledger.codes import CreateAccountResult, CreateTransferResult
 from ledger.model import TRANSFER_ROW, U16_MAX, Account, Transfer
 
@@ -197,19 +197,10 @@ def _ids(raw_ids, what: str) -> list[int]:
     return [u128(r, f"ids[{i}]") for i, r in enumerate(raw_ids)]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 # Field 1 (index) of EventResult, by index: ``results`` of a full batch are
 # encoded from these and the per-code tails below, not built as one Python
 # protobuf object per event (that took ~4 us an event on the event loop).
-_INDEX_FIELD = [b"\x08" + _varint(i) for i in range(EVENTS_PER_REQUEST_MAX)]
+_INDEX_FIELD = [b"\x08" + varint(i) for i in range(EVENTS_PER_REQUEST_MAX)]
 _RESULT_TAILS: dict[tuple[type, int], bytes] = {}
 
 
@@ -222,7 +213,7 @@ def _result_tail(enum, code: int) -> bytes:
         except ValueError:
             name = f"code_{code}"
         raw = name.encode()
-        tail = b"\x10" + _varint(code) + b"\x1a" + _varint(len(raw)) + raw
+        tail = b"\x10" + varint(code) + b"\x1a" + varint(len(raw)) + raw
         _RESULT_TAILS[(enum, code)] = tail
     return tail
 

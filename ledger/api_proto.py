@@ -33,6 +33,19 @@ SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Ledger", "KV", "Cluster", "Peer")
 )
 
+
+
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint, for code that writes wire format directly
+    (hot-path responses, the benchmark's requests)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 if __name__ == "__main__":
     generate(force=True)
     print(f"generated {', '.join(PROTO_FILES)} into {GEN_DIR}")
