@@ -924,6 +924,17 @@ class Replica:
         self._messages.append(HeartbeatAck(self.id, m.src, m.ballot, m.seq, self.chosen_below))
         self._learn(m.src, m.ballot, m.chosen_below)
 
+    def heartbeat_ack(self, m: Heartbeat) -> HeartbeatAck | None:
+        """The acknowledgement ``step(m)`` would send now if it changed nothing
+        else, without stepping: ``m`` comes from the leader this follower
+        follows, at the ballot it promised. Changes no state. A driver busy
+        with a long storage step may send it at once, provided it steps ``m``
+        later before anything else that arrived after the leader's messages
+        (``ledger.server.Driver._ack_heartbeats_now``)."""
+        if self.role is not Role.FOLLOWER or m.src != self.leader_id or m.ballot != self.promised:
+            return None
+        return HeartbeatAck(self.id, m.src, m.ballot, m.seq, self.chosen_below)
+
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         ls = self._leader
         if ls is None or m.ballot != ls.ballot:

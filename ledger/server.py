@@ -74,7 +74,7 @@ from grpc_reflection.v1alpha import reflection
 from cluster import topology as topo
 from consensus import Config, Persist, Refused, RefuseReason, Replica, Role
 from consensus.membership import MembershipError, is_membership_value
-from consensus.messages import Heartbeat, HeartbeatAck, Message, sendable_before_persist
+from consensus.messages import Heartbeat, Message, sendable_before_persist
 from ledger import commands as cmd
 from ledger import digest as digest_mod
 from ledger import errors
@@ -664,14 +664,10 @@ class Driver:
         core then steps the heartbeat before anything that could change its
         mind, renewing the stickiness the leader's lease counts on no earlier
         than this acknowledgement claims."""
-        r = self.replica
-        if r.role is not Role.FOLLOWER or not r.leader_id or self._inbox_foreign:
+        if self._inbox_foreign:
             return
-        acks = [
-            HeartbeatAck(r.id, m.src, m.ballot, m.seq, r.chosen_below)
-            for m in messages
-            if type(m) is Heartbeat and m.src == r.leader_id and m.ballot == r.promised
-        ]
+        heartbeat_ack = self.replica.heartbeat_ack
+        acks = [a for a in (heartbeat_ack(m) for m in messages if type(m) is Heartbeat) if a is not None]
         if acks:
             self._send(acks)
 

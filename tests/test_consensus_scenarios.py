@@ -419,3 +419,23 @@ def test_lagging_replica_is_told_to_install_a_snapshot_after_compaction():
     h.deliver()
     _push_chosen_point(h, 1)
     assert h.r[3].chosen_value(top + 0) is not None or h.r[3].chosen_below > top
+
+
+def test_heartbeat_ack_is_what_step_would_send_and_changes_nothing():
+    """A follower's heartbeat_ack answers only its leader's heartbeat at the
+    promised ballot, equals the ack step() sends for it, and leaves no step."""
+    from consensus.messages import Heartbeat, HeartbeatAck
+
+    h = Harness()
+    h.elect(1)
+    f = h.r[2]
+    hb = Heartbeat(1, 2, ballot=h.r[1].ballot, chosen_below=h.r[1].chosen_below, seq=7)
+    before = (f.role, f.promised, f.leader_id, f.chosen_below)
+    ack = f.heartbeat_ack(hb)
+    assert ack == HeartbeatAck(2, 1, ballot=h.r[1].ballot, seq=7, chosen_below=f.chosen_below)
+    assert (f.role, f.promised, f.leader_id, f.chosen_below) == before
+    assert f.ready().empty
+    assert f.heartbeat_ack(Heartbeat(3, 2, ballot=h.r[1].ballot, chosen_below=0, seq=7)) is None  # not its leader
+    assert h.r[1].heartbeat_ack(Heartbeat(2, 1, ballot=h.r[1].ballot, chosen_below=0, seq=7)) is None  # a leader answers nothing
+    f.step(hb)
+    assert ack in f.ready().messages
