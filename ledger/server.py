@@ -140,6 +140,12 @@ assert cmd.EVENTS_PER_COMMAND_MAX * 128 <= SLOT_EVENT_BYTES_MAX
 
 
 
+def _acks_recently(ls, number: int) -> bool:
+    """On the leader (``ls``, the core's leader state, read only): ``number``
+    acknowledged one of the last HEALTHY_HEARTBEAT_ROUNDS heartbeat rounds."""
+    return number in ls.hb_acked and ls.hb_acked[number] >= ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS
+
+
 def _consensus_clock() -> float:
     """Seconds on the clock that drives consensus ticks.
 
@@ -220,7 +226,7 @@ class Driver:
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
         self._inbox_foreign = False  # the inbox holds a message not from the leader
-        self._storage_busy = False  # a storage step is running in the storage thread
+        self._step_started: float | None = None  # monotonic start of the storage step running now
         self._queue: list[PendingWrite] = []
         self._queue_events = 0
         self._inflight: dict[int, Inflight] = {}
@@ -242,6 +248,7 @@ class Driver:
         # Told when the replica stops or resumes serving (health checking).
         self.on_serving_changed: Callable[[bool], None] = lambda serving: None
         self._task: asyncio.Task | None = None
+        self._keepalive_task: asyncio.Task | None = None
         # Snapshots and compaction.
         self._snapshot_fetch: asyncio.Task | None = None
         self._snapshot_received: tuple[int, int, tuple] | None = None  # index, digest, memberships
@@ -621,7 +628,7 @@ class Driver:
             rank = self.topology.zone_rank(spec) if spec else None
             if rank is None or (my_rank is not None and rank >= my_rank):
                 continue
-            healthy = number in ls.hb_acked and ls.hb_acked[number] >= ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS
+            healthy = _acks_recently(ls, number)
             caught_up = ls.peer_chosen.get(number, 0) + CAUGHT_UP_SLOTS >= r.chosen_below
             if not (healthy and caught_up):
                 self._primary_ready_since.pop(number, None)
@@ -650,7 +657,7 @@ class Driver:
         if not self._inbox_foreign and any(m.src != leader for m in messages):
             self._inbox_foreign = True
         self._inbox.extend(messages)
-        if self._storage_busy:
+        if self._step_started is not None:
             self._ack_heartbeats_now(messages)
         self._wake.set()
 
@@ -675,10 +682,13 @@ class Driver:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="driver")
+        self._keepalive_task = asyncio.create_task(self._keep_followers(), name="keepalive")
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 5)
@@ -931,7 +941,7 @@ class Driver:
         for number in r.membership.voters:
             if number == self.spec.number:
                 continue
-            if ls.hb_acked.get(number, -1) < ls.hb_seq - HEALTHY_HEARTBEAT_ROUNDS:
+            if not _acks_recently(ls, number):
                 continue
             candidate = (ls.peer_chosen.get(number, 0), number)
             if best is None or candidate > best:
@@ -972,22 +982,24 @@ class Driver:
 
     async def _keep_followers(self) -> None:
         """While a long storage step runs (a large batch to apply), the turn
-        that would send the next heartbeats waits for it; resend the last
-        ones every heartbeat period so the followers do not take a busy
-        leader for a dead one. A resent heartbeat is a duplicate of one
+        that would send the next heartbeats waits for it; on a leader, resend
+        the last ones every heartbeat period so the followers do not take a
+        busy leader for a dead one. A resent heartbeat is a duplicate of one
         already sent (the network may duplicate any message): it renews the
         followers' election timers, never the leader's lease (its
-        acknowledgements name the old round). Given up after
+        acknowledgements name the old round). Not once a step has run for
         KEEPALIVE_MAX_S: a leader stuck that long is treated as gone."""
         period = self.tick_s * self.config.heartbeat_ticks
-        deadline = time.monotonic() + KEEPALIVE_MAX_S
-        while time.monotonic() < deadline:
+        while True:
             await asyncio.sleep(period)
+            started = self._step_started
             r = self.replica
-            if r.role is not Role.LEADER:
-                return
+            if started is None or r.role is not Role.LEADER or self.transport is None:
+                continue
+            if not period <= time.monotonic() - started <= KEEPALIVE_MAX_S:
+                continue
             again = [m for m in self._last_heartbeats.values() if m.ballot == r.ballot]
-            if again and self.transport is not None:
+            if again:
                 self.transport.send(again)
 
     async def _storage_step(self, persist: Persist, apply) -> None:
@@ -1005,16 +1017,11 @@ class Driver:
         while True:
             try:
                 if STORAGE_IN_THREAD:
-                    keepalive = None
-                    if self.replica.role is Role.LEADER and self.transport is not None:
-                        keepalive = asyncio.create_task(self._keep_followers())
-                    self._storage_busy = True
+                    self._step_started = time.monotonic()
                     try:
                         elapsed = await loop.run_in_executor(self._storage_thread, step)
                     finally:
-                        self._storage_busy = False
-                        if keepalive is not None:
-                            keepalive.cancel()
+                        self._step_started = None
                 else:
                     elapsed = step()
                 break
