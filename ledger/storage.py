@@ -402,6 +402,18 @@ class ReplicaStorage:
         raw = txn.get(_K_PROMISED, db=self._acceptor)
         self._promised = ZERO_BALLOT if raw is None else Ballot(*msgpack.unpackb(raw))
 
+    def _writable_env(self) -> lmdb.Environment:
+        """The environment for a write, reopened first if a failed write left
+        it unusable; StorageUnavailable if that fails too."""
+        if self._needs_reopen:
+            try:
+                self._reopen_env()
+            except lmdb.Error as e:
+                raise StorageUnavailable("reopen", e) from e
+        env = self._env
+        assert env is not None
+        return env
+
     def _reopen_env(self) -> None:
         """After a failed meta write LMDB refuses all further use of the
         environment (MDB_PANIC); the file itself is intact, so open it again."""
@@ -551,13 +563,7 @@ class ReplicaStorage:
         """
         if persist.empty and apply is None:
             return
-        if self._needs_reopen:
-            try:
-                self._reopen_env()
-            except lmdb.Error as e:
-                raise StorageUnavailable("reopen", e) from e
-        env = self._env
-        assert env is not None
+        env = self._writable_env()
         promised = self._promised
         chosen_below = self._chosen_below
         applied_below = self._applied_below
@@ -626,13 +632,7 @@ class ReplicaStorage:
         assert below_slot <= self._applied_below, (below_slot, self._applied_below)
         if below_slot <= self._log_start:
             return
-        if self._needs_reopen:
-            try:
-                self._reopen_env()
-            except lmdb.Error as e:
-                raise StorageUnavailable("reopen", e) from e
-        env = self._env
-        assert env is not None
+        env = self._writable_env()
         end = _int8(below_slot)
         try:
             txn = env.begin(write=True)
@@ -715,13 +715,7 @@ class ReplicaStorage:
         ``digest``, else ``SnapshotMismatch`` and nothing changes. All or
         nothing: a crash before the commit leaves the old state intact.
         """
-        if self._needs_reopen:
-            try:
-                self._reopen_env()
-            except lmdb.Error as e:
-                raise StorageUnavailable("reopen", e) from e
-        env = self._env
-        assert env is not None
+        env = self._writable_env()
         assert index > self._applied_below, (index, self._applied_below)
         try:
             txn = env.begin(write=True)
