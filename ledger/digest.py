@@ -64,5 +64,30 @@ def combine(
     return digest % MODULUS
 
 
+def inserted(digest: int, table: bytes, rows, _blake2b=blake2b, _from_bytes=int.from_bytes) -> int:
+    """The digest after adding ``rows`` ((key, value) pairs whose keys were absent)."""
+    if table in PROJECTION_TABLES:
+        return digest
+    prefixes: dict[int, bytes] = {}
+    for key, value in rows:
+        prefix = prefixes.get(len(key)) or prefixes.setdefault(len(key), _prefix(table, len(key)))
+        digest += _from_bytes(_blake2b(prefix + key + value, digest_size=32).digest(), "big")
+    return digest % MODULUS
+
+
+def replaced(digest: int, table: bytes, rows, _blake2b=blake2b, _from_bytes=int.from_bytes) -> int:
+    """The digest after each row (key, old, new) of ``rows`` changes from
+    ``old`` to ``new`` (None: absent before; ``new`` is never None)."""
+    if table in PROJECTION_TABLES:
+        return digest
+    prefixes: dict[int, bytes] = {}
+    for key, old, new in rows:
+        prefix = prefixes.get(len(key)) or prefixes.setdefault(len(key), _prefix(table, len(key)))
+        if old is not None:
+            digest -= _from_bytes(_blake2b(prefix + key + old, digest_size=32).digest(), "big")
+        digest += _from_bytes(_blake2b(prefix + key + new, digest_size=32).digest(), "big")
+    return digest % MODULUS
+
+
 def to_hex(digest: int) -> str:
     return digest.to_bytes(32, "big").hex()

@@ -156,6 +156,12 @@ assert _ACCOUNT_HOT.size == ROW_BYTES
 
 _MISS = object()
 
+# Overlays that only ever hold new rows: a transfer id is looked up before it
+# is booked, and the other keys carry the booking's fresh timestamp (history,
+# indexes) or name a pending transfer whose status was just read as absent.
+_INSERT_ONLY = frozenset((T_TRANSFERS, T_TRANSFERS_BY_TS, T_ACCOUNT_TRANSFERS, T_ACCOUNT_HISTORY,
+                          T_PENDING_STATUS))
+
 
 def _balances_row(a: list) -> bytes:
     return b"".join(
@@ -642,16 +648,27 @@ class _BatchApply:
     # -- write-through ----------------------------------------------------------------------
 
     def flush(self, commands: int) -> None:
-        """Write the staged rows to the tables, each once, in key order."""
+        """Write the staged rows to the tables, each once, in key order.
+
+        Rows the batch created (a transfer and its index rows, history,
+        a pending status) go in with ``insert_rows``, accounts with
+        ``replace_rows`` from the row each was loaded as: one call per table,
+        instead of one read-and-write per row."""
         assert self.undo is None
         tables = self.tables
         loaded = self.accounts_loaded
-        accounts = self.accounts
-        for account_id in sorted(accounts):
-            row = _account_row(accounts[account_id])
-            if row != loaded[account_id]:
-                tables.put(T_ACCOUNTS, account_id, row)
+        changed = []
+        for account_id, a in self.accounts.items():
+            row = _account_row(a)
+            old = loaded[account_id]
+            if row != old:
+                changed.append((account_id, old, row))
+        changed.sort()
+        tables.replace_rows(T_ACCOUNTS, changed)
         for table, overlay in self.overlays:
+            if table in _INSERT_ONLY:
+                tables.insert_rows(table, sorted(overlay.items()))
+                continue
             for key in sorted(overlay):
                 value = overlay[key]
                 if value is None:
@@ -952,6 +969,12 @@ class _BenchDictTables:
 
     def delete(self, table: bytes, key: bytes) -> bool:
         return self.rows[table].pop(key, None) is not None
+
+    def insert_rows(self, table: bytes, rows: list[tuple[bytes, bytes]]) -> None:
+        self.rows[table].update(rows)
+
+    def replace_rows(self, table: bytes, rows: list[tuple[bytes, bytes | None, bytes]]) -> None:
+        self.rows[table].update((key, new) for key, _, new in rows)
 
     def range(self, table, start, end, limit, reverse=False):
         rows = self.rows[table]

@@ -285,6 +285,22 @@ class LmdbTables(LmdbTableReader):
             ) from e
         self._digest = _digest.combine(self._digest, table, key, old, value)
 
+    def insert_rows(self, table: bytes, rows: list[tuple[bytes, bytes]]) -> None:
+        if not rows:
+            return
+        cursor = self._cursors.get(table) or self._cursor(table)
+        _, added = cursor.putmulti(rows, overwrite=False)
+        # The transaction is aborted by whoever catches this (write_step).
+        assert added == len(rows), f"insert_rows: {table!r} already held {len(rows) - added} of the keys"
+        self._digest = _digest.inserted(self._digest, table, rows)
+
+    def replace_rows(self, table: bytes, rows: list[tuple[bytes, bytes | None, bytes]]) -> None:
+        if not rows:
+            return
+        cursor = self._cursors.get(table) or self._cursor(table)
+        cursor.putmulti([(key, new) for key, _, new in rows])
+        self._digest = _digest.replaced(self._digest, table, rows)
+
     def delete(self, table: bytes, key: bytes) -> bool:
         cursor = self._cursors.get(table) or self._cursor(table)
         try:

@@ -38,6 +38,23 @@ class Tables(Protocol):
 
     def delete(self, table: bytes, key: bytes) -> bool: ...
 
+    def insert_rows(self, table: bytes, rows: list[tuple[bytes, bytes]]) -> None:
+        """Add rows, in key order, whose keys ``table`` does not hold yet.
+
+        A key already present is a broken invariant of the caller
+        (AssertionError): the state machine inserts only rows it has just
+        checked to be new, such as a transfer whose id it looked up."""
+        ...
+
+    def replace_rows(self, table: bytes, rows: list[tuple[bytes, bytes | None, bytes]]) -> None:
+        """Set each row (key, old, new), in key order, to ``new``; ``old`` is
+        the value the caller read in this same transaction (None: absent).
+
+        The digest is kept from the stated ``old`` values without reading
+        the rows again, so a wrong ``old`` is a broken invariant of the
+        caller; ``MemoryTables`` (the simulator's) checks every one."""
+        ...
+
     def range(
         self,
         table: bytes,
@@ -85,6 +102,26 @@ class MemoryTables:
         del keys[bisect.bisect_left(keys, key)]
         self._digest = _digest.combine(self._digest, table, key, old, None)
         return True
+
+    def insert_rows(self, table: bytes, rows: list[tuple[bytes, bytes]]) -> None:
+        stored = self._rows[table]
+        keys = self._keys[table]
+        for key, value in rows:
+            assert key not in stored, f"insert_rows: {table!r} already holds key {key.hex()}"
+            bisect.insort(keys, key)
+            stored[key] = value
+        self._digest = _digest.inserted(self._digest, table, rows)
+
+    def replace_rows(self, table: bytes, rows: list[tuple[bytes, bytes | None, bytes]]) -> None:
+        stored = self._rows[table]
+        keys = self._keys[table]
+        for key, old, new in rows:
+            current = stored.get(key)
+            assert current == old, f"replace_rows: {table!r} key {key.hex()} is not the stated old value"
+            if current is None:
+                bisect.insort(keys, key)
+            stored[key] = new
+        self._digest = _digest.replaced(self._digest, table, rows)
 
     def range(
         self,
