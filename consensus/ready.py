@@ -14,6 +14,11 @@ promise or accept something it then forgets in a crash, which breaks Paxos;
 ``consensus.messages.SENDABLE_BEFORE_PERSIST`` names the messages that speak
 for nothing on this replica's disk. A driver may always send everything after
 the persist instead.
+
+A client's answer is a message too, but one about a chosen slot: it may leave
+as soon as the state machine has computed it, before the apply is durable
+(the chosen log alone determines it), unless the chosen slot's own acceptance
+is in the persist of this same step (a one-replica cluster's).
 """
 
 from __future__ import annotations

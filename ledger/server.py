@@ -907,6 +907,17 @@ class Driver:
         new_applied = self.applied_below
         if committed:
             new_applied = committed[-1][0] + 1
+        # Writes waiting here may be answered as soon as their results are
+        # computed, while the apply's transaction is still being written:
+        # a chosen slot's results follow from the chosen log alone, and an
+        # apply redone after a failed step or a crash computes the same
+        # ones. Not for a slot this very step stores an acceptance of (a
+        # one-replica cluster's): its choice rests on that persist.
+        early = None
+        if committed and self._inflight:
+            persisting = {slot for slot, _, _ in ready.persist.accepted}
+            early = [(s, v) for s, v in committed if s in self._inflight and s not in persisting]
+        loop = asyncio.get_running_loop()
 
         def apply(tables) -> int:
             results.results.clear()
@@ -916,6 +927,8 @@ class Driver:
                 if is_membership_value(value):
                     continue  # the consensus core's own value, not a ledger batch
                 results.results[slot] = self.apply_value(tables, slot, value)
+            if early:
+                loop.call_soon_threadsafe(self._answer_writes, early, dict(results.results))
             return max(new_applied, self.applied_below)
 
         if committed and late and not ready.persist.empty:
@@ -1047,9 +1060,21 @@ class Driver:
             self.on_serving_changed(True)
         self.metrics.labels(self.metrics.fsync_latency).observe(elapsed)
 
+    def _answer_writes(self, committed, results: dict) -> None:
+        """Give each write of our own chosen slots in ``committed`` its result."""
+        for slot, value in committed:
+            inflight = self._inflight.get(slot)
+            if inflight is None or inflight.value != value:
+                continue
+            slot_results = results.get(slot)
+            for i, w in enumerate(inflight.writes):
+                if not w.future.done():
+                    w.future.set_result(slot_results[i] if slot_results is not None else None)
+
     def _answer(self, ready) -> None:
         now = time.monotonic()
         results, self._step_results = self._step_results, {}
+        self._answer_writes(ready.committed, results)  # those not answered during the apply
         for slot, value in ready.committed:
             inflight = self._inflight.pop(slot, None)
             if inflight is None:
@@ -1063,11 +1088,7 @@ class Driver:
                     if not w.future.done():
                         w.future.set_exception(err)
                 continue
-            slot_results = results.get(slot)
             self.metrics.labels(self.metrics.commit_latency).observe(now - inflight.proposed_at)
-            for i, w in enumerate(inflight.writes):
-                if not w.future.done():
-                    w.future.set_result(slot_results[i] if slot_results is not None else None)
         for rr in ready.reads:
             self._reads_waiting.append((rr.index, rr.token))
         self._refuse_reads(ready.reads_refused)

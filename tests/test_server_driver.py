@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from cluster import topology as topo
 from ledger import commands as cmd
 from ledger import errors, server
+from ledger import state_machine as sm
+from ledger.codes import CreateTransferResult
 from ledger.model import Account, Transfer
 
 pytestmark = pytest.mark.timeout(60)
@@ -189,5 +192,90 @@ def test_hostile_peer_frames_are_dropped_and_counted():
                 assert await proc.driver.submit(_accounts([4000]), 1, 128, None) == []
             finally:
                 await proc.stop()
+
+    asyncio.run(run())
+
+
+def _three(tmp: Path) -> topo.Topology:
+    path = tmp / "three.toml"
+    lines = ['cluster_id = "unit"', 'primary_zone = "dc1"']
+    for i in (1, 2, 3):
+        lines += ["[[replica]]", f'id = "r{i}"', 'city = "c"', f'data_center = "dc{i}"',
+                  f'address = "127.0.0.1:{_port()}"', f"metrics_port = {_port()}",
+                  f'data_dir = "{tmp / f"r{i}"}"']
+    path.write_text("\n".join(lines) + "\n")
+    return topo.load(path)
+
+
+def test_leader_answers_a_chosen_write_before_its_apply_is_written():
+    """The result of a chosen slot goes out as soon as it is computed: the
+    leader's apply transaction is held open here, and the write is answered
+    anyway; what it answered is what the state machine then holds."""
+
+    async def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            topology = _three(Path(tmp))
+            procs = [server.ReplicaProcess(topology, f"r{i}", seed=i) for i in (1, 2, 3)]
+            for p in procs:
+                await p.start()
+            try:
+                leader = None
+                for _ in range(1000):
+                    leader = next((p for p in procs if p.driver.role == "leader"), None)
+                    if leader is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                assert leader is not None, "no leader elected"
+                d = leader.driver
+                assert await d.submit(_accounts([1, 2]), 2, 256, None) == []
+
+                storage = d.storage
+                for _ in range(500):  # that answer may come before its apply is written
+                    with storage.reader() as tables:
+                        if len(sm.lookup_accounts(tables, [1, 2])) == 2:
+                            break
+                    await asyncio.sleep(0.01)
+                release = threading.Event()
+                held = threading.Event()
+                at_hold: list[int] = []  # applied_below while the apply was held
+                write_step = storage.write_step
+
+                def holding_write_step(persist, apply=None, sync=None):
+                    if apply is None or persist.accepted:
+                        return write_step(persist, apply, sync)
+
+                    def apply_then_hold(tables):
+                        applied = apply(tables)
+                        at_hold.append(storage.applied_below)
+                        held.set()
+                        assert release.wait(10), "the test never released the apply"
+                        return applied
+
+                    return write_step(persist, apply_then_hold, sync)
+
+                storage.write_step = holding_write_step
+                transfer = cmd.CreateTransfers.of([
+                    Transfer(id=7, debit_account_id=1, credit_account_id=2, amount=5, ledger=1, code=1),
+                    Transfer(id=8, debit_account_id=1, credit_account_id=1, amount=5, ledger=1, code=1),
+                ])
+                result = await asyncio.wait_for(d.submit(transfer, 2, len(transfer.events), None), 10)
+                assert held.is_set() and storage.applied_below == at_hold[0], (
+                    "the answer came only after the apply was written"
+                )
+                applied_before = at_hold[0]
+                assert [(i, int(c)) for i, c in result] == [(1, CreateTransferResult.ACCOUNTS_MUST_BE_DIFFERENT)]
+                release.set()
+                for _ in range(500):
+                    if storage.applied_below > applied_before:
+                        break
+                    await asyncio.sleep(0.01)
+                storage.write_step = write_step
+                with storage.reader() as tables:
+                    found = sm.lookup_transfers(tables, [7, 8])
+                assert [t.id for t in found] == [7]
+            finally:
+                release.set()
+                for p in procs:
+                    await p.stop()
 
     asyncio.run(run())
