@@ -24,8 +24,11 @@ process (asyncio, one gRPC channel to the leader):
 The load generator must not be what is measured: requests are encoded
 straight to protobuf wire bytes (a transfer costs ~0.5 us to encode that way
 against ~40 us through ``ledger.model.Transfer`` and ``client.transfer_pb``)
-and sent on a raw gRPC method to the leader. Every answer is checked: each
-event must be ``ok`` (or ``exists`` after a retry).
+and sent on a raw gRPC method to the leader. By default a request carries its
+transfers in the ``packed`` field (128-byte rows, what ``ledger.client``
+sends); ``--encoding messages`` sends one ``Transfer`` message each instead,
+which the leader parses one by one. Every answer is checked: each event must
+be ``ok`` (or ``exists`` after a retry).
 
 Figures depend on the machine: on 2 shared cores all three replicas and the
 client compete for CPU, and every write is fsynced on every replica. The
@@ -47,7 +50,7 @@ import grpc
 from cluster.local import LocalCluster, wait_until
 from ledger.api_proto import pb, varint
 from ledger.client import AsyncClient, Batcher
-from ledger.model import Transfer
+from ledger.model import Account, Transfer
 
 LEDGER = 1
 ACCOUNTS = 10_000
@@ -86,20 +89,28 @@ class Ids:
 class TransferEncoder:
     """CreateTransfersRequest wire bytes, one varying id per transfer.
 
-    A transfer is field 1 (id) followed by a precomputed tail per
-    (debit, credit) pair; equal to ``pb.Transfer(...).SerializeToString()``.
+    ``packed``: the request's ``packed`` field, one 128-byte row per transfer
+    (``ledger.model.TRANSFER_ROW``): the id, then a precomputed 112-byte tail
+    per (debit, credit) pair. Otherwise one ``Transfer`` message per transfer:
+    field 1 (id) followed by a precomputed tail, equal to
+    ``pb.Transfer(...).SerializeToString()``.
     """
 
-    def __init__(self, accounts: int) -> None:
+    def __init__(self, accounts: int, packed: bool = True) -> None:
         self.accounts = accounts
+        self.packed = packed
         self._tails: dict[tuple[int, int], bytes] = {}
 
     def _tail(self, debit: int, credit: int) -> bytes:
         tail = self._tails.get((debit, credit))
         if tail is None:
-            tail = pb.Transfer(debit_account_id=debit.to_bytes(16, "big"),
-                               credit_account_id=credit.to_bytes(16, "big"),
-                               amount=_U128_ONE, ledger=LEDGER, code=1).SerializeToString()
+            if self.packed:
+                tail = Transfer(id=0, debit_account_id=debit, credit_account_id=credit, amount=1,
+                                ledger=LEDGER, code=1).pack()[16:]
+            else:
+                tail = pb.Transfer(debit_account_id=debit.to_bytes(16, "big"),
+                                   credit_account_id=credit.to_bytes(16, "big"),
+                                   amount=_U128_ONE, ledger=LEDGER, code=1).SerializeToString()
             if len(self._tails) < 100_000:
                 self._tails[(debit, credit)] = tail
         return tail
@@ -112,14 +123,16 @@ class TransferEncoder:
             credit = 1 + (debit + 1 + worker % (n - 1)) % n
             if credit == debit:
                 credit = 1 + debit % n
-            body = b"\x0a\x10" + i.to_bytes(16, "big") + self._tail(debit, credit)
-            parts.append(b"\x0a" + varint(len(body)) + body)
-        return b"".join(parts)
+            if self.packed:
+                parts.append(i.to_bytes(16, "big") + self._tail(debit, credit))
+            else:
+                body = b"\x0a\x10" + i.to_bytes(16, "big") + self._tail(debit, credit)
+                parts.append(b"\x0a" + varint(len(body)) + body)
+        return _field(2, b"".join(parts)) if self.packed else b"".join(parts)
 
 
 def _accounts_request(ids: range) -> bytes:
-    tail = pb.Account(ledger=LEDGER, code=1).SerializeToString()
-    return b"".join(_field(1, b"\x0a\x10" + i.to_bytes(16, "big") + tail) for i in ids)
+    return _field(2, b"".join(Account(id=i, ledger=LEDGER, code=1).pack() for i in ids))
 
 
 class Leader:
@@ -188,10 +201,10 @@ async def _create_accounts(cluster: LocalCluster, first: int, count: int) -> Non
 
 
 async def _load(cluster: LocalCluster, concurrency: int, batch: int, seconds: float, ids: Ids,
-                accounts: int, batcher: bool = False) -> dict:
+                accounts: int, batcher: bool = False, packed: bool = True) -> dict:
     latencies: list[float] = []
     transfers = 0
-    encoder = TransferEncoder(accounts)
+    encoder = TransferEncoder(accounts, packed)
     leader = Leader(cluster)
     await leader.find()
     client = AsyncClient(list(cluster.addresses.values()), timeout_s=30) if batcher else None
@@ -229,6 +242,7 @@ async def _load(cluster: LocalCluster, concurrency: int, batch: int, seconds: fl
     return {
         "clients": concurrency, "batch_size": batch, "batcher": batcher, "accounts": accounts,
         "replicas": REPLICAS, "fsync": FSYNC, "seconds": round(elapsed, 2),
+        "encoding": "Batcher (packed rows)" if batcher else "packed rows" if packed else "Transfer messages",
         "requests": len(latencies), "transfers": transfers,
         "transfers_per_s": round(transfers / elapsed),
         "p50_ms": round(_percentile(latencies, 0.50) * 1e3, 2),
@@ -280,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter scenarios (under two minutes)")
     parser.add_argument("--seconds", type=float, help="duration of each load run (default 5; quick 3)")
     parser.add_argument("--gap-rounds", type=int, help="leader kills (default 10; quick 3)")
+    parser.add_argument("--encoding", choices=("packed", "messages"), default="packed",
+                        help="CreateTransfers as packed 128-byte rows (default) or one Transfer message each")
     parser.add_argument("--tick-ms", type=int,
                         help="consensus tick period of the bench cluster (default: the topology default)")
     parser.add_argument("--out", default=os.environ.get("BENCH_JSON", "bench/results.json"),
@@ -301,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "mode": "quick" if args.quick else "full", "started_unix": round(started),
         "load_average_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-        "tick_ms": args.tick_ms or "default", "load": [], "write_gap_ms": [],
+        "tick_ms": args.tick_ms or "default", "encoding": args.encoding, "load": [], "write_gap_ms": [],
     }
     print(f"bench ({results['mode']}): {REPLICAS} replicas on loopback, fsync {FSYNC}; "
           f"load average {results['load_average_start'][0]:.2f} on {os.cpu_count()} cores", flush=True)
@@ -320,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(created {accounts - accounts_made} more accounts in {time.monotonic() - t0:.1f} s)",
                       flush=True)
                 accounts_made = accounts
-            row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher))
+            row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher,
+                                    args.encoding == "packed"))
             row["leader_ballot_after"] = _leader_ballot(cluster)  # which scenario an election fell in
             results["load"].append(row)
             how = " (Batcher)" if batcher else ""

@@ -27,7 +27,7 @@ from ledger import errors
 from ledger import server_sm as sm
 from ledger.api_proto import pb, pb_grpc, varint
 from ledger.codes import CreateAccountResult, CreateTransferResult
-from ledger.model import TRANSFER_ROW, U16_MAX, Account, Transfer
+from ledger.model import ROW_BYTES, TRANSFER_ROW, U16_MAX, Account, Transfer
 
 EVENTS_PER_REQUEST_MAX = cmd.EVENTS_PER_COMMAND_MAX  # 8,190
 LOOKUP_IDS_MAX = 8190
@@ -191,6 +191,20 @@ def _batch_size(n: int, what: str) -> None:
         )
 
 
+def _packed_rows(packed: bytes, messages: int, what: str) -> bytes:
+    """The events of a request's ``packed`` field, checked for shape; their
+    fields are checked by the state machine, as those of messages are."""
+    if messages:
+        raise errors.InvalidArgument(f"{what}: a request carries events as messages or as packed rows, not both")
+    n, rest = divmod(len(packed), ROW_BYTES)
+    if rest:
+        raise errors.InvalidArgument(
+            f"{what}: packed rows are {ROW_BYTES} bytes each; {len(packed)} bytes is not a whole number of rows"
+        )
+    _batch_size(n, what)
+    return packed
+
+
 def _ids(raw_ids, what: str) -> list[int]:
     if len(raw_ids) > LOOKUP_IDS_MAX:
         raise errors.BatchTooLarge(f"{what}: at most {LOOKUP_IDS_MAX} ids per request, got {len(raw_ids)}")
@@ -297,10 +311,13 @@ class _Base:
 class LedgerService(_Base, pb_grpc.LedgerServicer):
     @_guard
     async def CreateAccounts(self, request, context):
-        n = len(request.accounts)
-        _batch_size(n, "CreateAccounts")
-        accounts = [account_from_pb(a, i) for i, a in enumerate(request.accounts)]
-        command = cmd.CreateAccounts.of(accounts)
+        if request.packed:
+            command = cmd.CreateAccounts(_packed_rows(request.packed, len(request.accounts), "CreateAccounts"))
+            n = len(command.events) // ROW_BYTES
+        else:
+            n = len(request.accounts)
+            _batch_size(n, "CreateAccounts")
+            command = cmd.CreateAccounts.of([account_from_pb(a, i) for i, a in enumerate(request.accounts)])
         codes = await self.driver.submit(command, n, len(command.events), _deadline(context))
         failures = codes or ()  # the state machine's sparse (index, code) list
         self._count_results(failures, CreateAccountResult)
@@ -308,9 +325,13 @@ class LedgerService(_Base, pb_grpc.LedgerServicer):
 
     @_guard
     async def CreateTransfers(self, request, context):
-        n = len(request.transfers)
-        _batch_size(n, "CreateTransfers")
-        command = cmd.CreateTransfers(transfer_rows(request.transfers))
+        if request.packed:
+            command = cmd.CreateTransfers(_packed_rows(request.packed, len(request.transfers), "CreateTransfers"))
+            n = len(command.events) // ROW_BYTES
+        else:
+            n = len(request.transfers)
+            _batch_size(n, "CreateTransfers")
+            command = cmd.CreateTransfers(transfer_rows(request.transfers))
         codes = await self.driver.submit(command, n, len(command.events), _deadline(context))
         failures = codes or ()  # the state machine's sparse (index, code) list
         self._count_results(failures, CreateTransferResult)

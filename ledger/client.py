@@ -281,12 +281,12 @@ class AsyncClient:
     # ---------------------------------------------------------------- ledger
 
     async def create_accounts(self, accounts: Iterable[Account]) -> list[EventResult]:
-        request = pb.CreateAccountsRequest(accounts=[account_pb(a) for a in accounts])
+        request = pb.CreateAccountsRequest(packed=b"".join(a.pack() for a in accounts))
         response = await self.call("Ledger", "CreateAccounts", request)
         return [EventResult(r.index, r.code, r.name) for r in response.results]
 
     async def create_transfers(self, transfers: Iterable[Transfer]) -> list[EventResult]:
-        request = pb.CreateTransfersRequest(transfers=[transfer_pb(t) for t in transfers])
+        request = pb.CreateTransfersRequest(packed=b"".join(t.pack() for t in transfers))
         response = await self.call("Ledger", "CreateTransfers", request)
         return [EventResult(r.index, r.code, r.name) for r in response.results]
 

@@ -84,6 +84,19 @@ def test_malformed_requests_get_clear_codes_and_change_nothing(cluster, accounts
             response = stub.CreateAccounts(pb.CreateAccountsRequest(accounts=[pb.Account(id=u(0), ledger=1, code=1)]),
                                            timeout=10)
             assert [r.name for r in response.results] == ["id_must_not_be_zero"]
+            # The same per-event codes for packed rows (a nonzero timestamp too).
+            response = stub.CreateTransfers(pb.CreateTransfersRequest(packed=b"".join(t.pack() for t in [
+                Transfer(id=0, debit_account_id=A, credit_account_id=B, amount=1, ledger=LEDGER, code=1),
+                Transfer(id=60_001, debit_account_id=999_999, credit_account_id=B, amount=1, ledger=LEDGER, code=1),
+                Transfer(id=60_002, debit_account_id=A, credit_account_id=B, amount=1, ledger=LEDGER, code=1,
+                         timestamp=5),
+            ])), timeout=10)
+            assert [r.name for r in response.results] == [
+                "id_must_not_be_zero", "debit_account_not_found", "timestamp_must_be_zero",
+            ]
+            response = stub.CreateAccounts(pb.CreateAccountsRequest(
+                packed=Account(id=0, ledger=1, code=1).pack()), timeout=10)
+            assert [r.name for r in response.results] == ["id_must_not_be_zero"]
 
             # Whole-request refusals: INVALID_ARGUMENT, before anything is proposed.
             bad_requests = {
@@ -100,6 +113,15 @@ def test_malformed_requests_get_clear_codes_and_change_nothing(cluster, accounts
                     id=u(70_000 + i), debit_account_id=u(A), credit_account_id=u(B), amount=u(1),
                     ledger=LEDGER, code=1) for i in range(8191)]),
                 "empty batch": pb.CreateTransfersRequest(),
+                "packed rows of 127 bytes": pb.CreateTransfersRequest(packed=bytes(127)),
+                "8,191 packed rows": pb.CreateTransfersRequest(packed=b"".join(Transfer(
+                    id=90_000 + i, debit_account_id=A, credit_account_id=B, amount=1, ledger=LEDGER,
+                    code=1).pack() for i in range(8191))),
+                "messages and packed rows at once": pb.CreateTransfersRequest(
+                    transfers=[pb.Transfer(id=u(60_005), debit_account_id=u(A), credit_account_id=u(B),
+                                           amount=u(1), ledger=LEDGER, code=1)],
+                    packed=Transfer(id=60_006, debit_account_id=A, credit_account_id=B, amount=1,
+                                    ledger=LEDGER, code=1).pack()),
             }
             for why, request in bad_requests.items():
                 with pytest.raises(grpc.RpcError) as info:
@@ -108,7 +130,7 @@ def test_malformed_requests_get_clear_codes_and_change_nothing(cluster, accounts
                 assert info.value.details(), why
         # Nothing changed: balances as before, none of those transfers exists.
         assert {a.id: a for a in c.lookup_accounts([A, B, C])} == before
-        ids = [60_001, 60_002, 60_003, 60_004, 70_000, 78_190]
+        ids = [60_001, 60_002, 60_003, 60_004, 60_005, 60_006, 70_000, 78_190, 90_000]
         assert c.lookup_transfers(ids) == []
         # The client library raises the matching error type.
         with pytest.raises(errors.BatchTooLarge):

@@ -55,6 +55,13 @@ REQUESTS = st.one_of(
               st.builds(pb.CreateAccountsRequest, accounts=st.lists(ACCOUNTS, max_size=4))),
     st.tuples(st.just("/ledgerdb.v1.Ledger/CreateTransfers"),
               st.builds(pb.CreateTransfersRequest, transfers=st.lists(TRANSFERS, max_size=4))),
+    # Packed rows: any bytes, and whole rows of any content, alone or beside messages.
+    st.tuples(st.just("/ledgerdb.v1.Ledger/CreateAccounts"),
+              st.builds(pb.CreateAccountsRequest, accounts=st.lists(ACCOUNTS, max_size=1),
+                        packed=st.one_of(st.binary(max_size=300), st.binary(min_size=128, max_size=128)))),
+    st.tuples(st.just("/ledgerdb.v1.Ledger/CreateTransfers"),
+              st.builds(pb.CreateTransfersRequest, transfers=st.lists(TRANSFERS, max_size=1),
+                        packed=st.one_of(st.binary(max_size=300), st.binary(min_size=256, max_size=256)))),
     st.tuples(st.just("/ledgerdb.v1.Ledger/LookupAccounts"),
               st.builds(pb.LookupAccountsRequest, ids=st.lists(IDS, max_size=4), read=READ)),
     st.tuples(st.just("/ledgerdb.v1.Ledger/LookupTransfers"),
