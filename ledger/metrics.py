@@ -46,6 +46,7 @@ class ReplicaMetrics:
             return Histogram(name, doc, names + list(extra), buckets=buckets, registry=r)
 
         self._labels = labels
+        self._children: dict = {}  # metric -> its series labelled with this replica only
         self.role = gauge("ledger_replica_role", "1 for the replica's current role", ("role",))
         self.ballot_round = gauge("ledger_ballot_round", "round of the replica's current ballot")
         self.chosen_index = gauge("ledger_chosen_index", "slots below this are chosen")
@@ -98,7 +99,13 @@ class ReplicaMetrics:
             self.labels(self.role, role=name)
 
     def labels(self, metric, **extra):
-        return metric.labels(**self._labels, **extra)
+        if extra:
+            return metric.labels(**self._labels, **extra)
+        # The replica-only series are asked for on every request: keep them.
+        child = self._children.get(metric)
+        if child is None:
+            child = self._children[metric] = metric.labels(**self._labels)
+        return child
 
     def set_role(self, role: str) -> None:
         if role == self._role_seen:

@@ -140,6 +140,47 @@ assert cmd.EVENTS_PER_COMMAND_MAX * 128 <= SLOT_EVENT_BYTES_MAX
 
 
 
+class _Wake:
+    """``asyncio.Event`` for the driver loop's one waiter, whose timed wait
+    needs no task per turn (``asyncio.wait_for`` on ``Event.wait`` makes one)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, timeout: float) -> None:
+        """Until set, or ``timeout`` seconds."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _acks_recently(ls, number: int) -> bool:
     """On the leader (``ls``, the core's leader state, read only): ``number``
     acknowledged one of the last HEALTHY_HEARTBEAT_ROUNDS heartbeat rounds."""
@@ -223,7 +264,7 @@ class Driver:
         self.tick_s = topology.tick_ms / 1000.0 / self.clock_rate
         self.applied_below = durable.applied_below
         self._storage_thread = ThreadPoolExecutor(1, thread_name_prefix="storage")
-        self._wake = asyncio.Event()
+        self._wake = _Wake()
         self._inbox: list[Message] = []
         self._inbox_foreign = False  # the inbox holds a message not from the leader
         self._step_started: float | None = None  # monotonic start of the storage step running now
@@ -318,19 +359,20 @@ class Driver:
         self._queue.append(write)
         self._queue_events += events
         self._wake.set()
+        # The deadline cancels the future (the driver skips a done one); so
+        # does the caller's cancellation. Either way the write is abandoned.
+        timer = loop.call_later(max(0.0, deadline - now), write.future.cancel) if deadline is not None else None
         try:
-            if deadline is None:
-                return await asyncio.shield(write.future)
-            return await asyncio.wait_for(asyncio.shield(write.future), max(0.0, deadline - now))
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+            return await write.future
+        except asyncio.CancelledError:
             write.abandoned = True
-            if not write.future.done():
-                write.future.cancel()
             raise errors.DeadlineExceeded(
                 "the deadline passed before the write was applied; it may still land: "
                 "retry with the same ids (they make the retry idempotent)"
             ) from None
         finally:
+            if timer is not None:
+                timer.cancel()
             self.metrics.labels(self.metrics.request_latency).observe(time.monotonic() - now)
 
     async def read_barrier(self, deadline: float | None) -> None:
@@ -705,10 +747,7 @@ class Driver:
                 delay = next_tick_at - _consensus_clock()
                 if delay > 0 and not self._has_input():
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
+                    await self._wake.wait(delay)
                 else:
                     await asyncio.sleep(0)  # never starve the gRPC handlers
                 now = _consensus_clock()
