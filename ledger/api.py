@@ -283,9 +283,8 @@ def _guard(method):
 
 
 class _Base:
-    def __init__(self, driver, topology: topo.Topology, tls: TlsCredentials | None = None) -> None:
+    def __init__(self, driver, tls: TlsCredentials | None = None) -> None:
         self.driver = driver
-        self.topology = topology
         self.tls = tls  # this replica's own credentials, for asking its peers
 
     async def _read(self, read_options, context, query):
@@ -313,29 +312,28 @@ class LedgerService(_Base, pb_grpc.LedgerServicer):
     async def CreateAccounts(self, request, context):
         if request.packed:
             command = cmd.CreateAccounts(_packed_rows(request.packed, len(request.accounts), "CreateAccounts"))
-            n = len(command.events) // ROW_BYTES
         else:
-            n = len(request.accounts)
-            _batch_size(n, "CreateAccounts")
+            _batch_size(len(request.accounts), "CreateAccounts")
             command = cmd.CreateAccounts.of([account_from_pb(a, i) for i, a in enumerate(request.accounts)])
-        codes = await self.driver.submit(command, n, len(command.events), _deadline(context))
-        failures = codes or ()  # the state machine's sparse (index, code) list
-        self._count_results(failures, CreateAccountResult)
-        return pb.CreateAccountsResponse.FromString(_results_wire(n, failures, CreateAccountResult))
+        return await self._create(command, context, CreateAccountResult, pb.CreateAccountsResponse)
 
     @_guard
     async def CreateTransfers(self, request, context):
         if request.packed:
-            command = cmd.CreateTransfers(_packed_rows(request.packed, len(request.transfers), "CreateTransfers"))
-            n = len(command.events) // ROW_BYTES
+            rows = _packed_rows(request.packed, len(request.transfers), "CreateTransfers")
         else:
-            n = len(request.transfers)
-            _batch_size(n, "CreateTransfers")
-            command = cmd.CreateTransfers(transfer_rows(request.transfers))
+            _batch_size(len(request.transfers), "CreateTransfers")
+            rows = transfer_rows(request.transfers)
+        return await self._create(cmd.CreateTransfers(rows), context, CreateTransferResult,
+                                  pb.CreateTransfersResponse)
+
+    async def _create(self, command, context, enum, response_type):
+        """Order a CreateAccounts or CreateTransfers command; its results as the response."""
+        n = len(command.events) // ROW_BYTES
         codes = await self.driver.submit(command, n, len(command.events), _deadline(context))
         failures = codes or ()  # the state machine's sparse (index, code) list
-        self._count_results(failures, CreateTransferResult)
-        return pb.CreateTransfersResponse.FromString(_results_wire(n, failures, CreateTransferResult))
+        self._count_results(failures, enum)
+        return response_type.FromString(_results_wire(n, failures, enum))
 
     @_guard
     async def LookupAccounts(self, request, context):
@@ -477,10 +475,6 @@ class ClusterService(_Base, pb_grpc.ClusterServicer):
         # The driver's copy: it learns replicas added to the cluster since start.
         return self.driver.topology
 
-    @topology.setter
-    def topology(self, value: topo.Topology) -> None:
-        pass  # set by _Base; the driver's copy is the one that counts
-
     @_guard
     async def Status(self, request, context):
         d = self.driver
@@ -566,9 +560,9 @@ def _unreachable(spec: topo.ReplicaSpec):
     )
 
 
-def add_services(server, driver, topology: topo.Topology, tls: TlsCredentials | None = None) -> None:
+def add_services(server, driver, tls: TlsCredentials | None = None) -> None:
     """Register the public services; who may call which is ``ledger.server_auth``'s policy."""
-    pb_grpc.add_LedgerServicer_to_server(LedgerService(driver, topology), server)
-    pb_grpc.add_KVServicer_to_server(KVService(driver, topology), server)
-    pb_grpc.add_ClusterServicer_to_server(ClusterService(driver, topology, tls), server)
+    pb_grpc.add_LedgerServicer_to_server(LedgerService(driver), server)
+    pb_grpc.add_KVServicer_to_server(KVService(driver), server)
+    pb_grpc.add_ClusterServicer_to_server(ClusterService(driver, tls), server)
 

@@ -1245,7 +1245,7 @@ class ReplicaProcess:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
-        api.add_services(server, self.driver, self.topology, tls=security.credentials)
+        api.add_services(server, self.driver, tls=security.credentials)
         from ledger.api_proto import pb_grpc
 
         pb_grpc.add_PeerServicer_to_server(PeerServicer(transport), server)
