@@ -159,9 +159,6 @@ class _Wake:
     def clear(self) -> None:
         self._set = False
 
-    def is_set(self) -> bool:
-        return self._set
-
     async def wait(self, timeout: float) -> None:
         """Until set, or ``timeout`` seconds."""
         if self._set:
