@@ -1,15 +1,19 @@
 """A cluster under test: replica processes, the links between them, and their fault controls.
 
 Each replica gets its own view of the topology (``<run>/topo-<id>.toml``):
-itself at the address it listens on, every peer at the address of the link
-that carries its traffic to that peer. So links can be delayed or cut one
-by one, and in one direction, without any change to the server.
+itself at the addresses it listens on, every peer at the addresses of the
+link that carries its traffic to that peer. So links can be delayed or cut
+one by one, and in one direction, without any change to the server. A link
+between replicas is two proxies, one for the peer's gRPC address (snapshots,
+admin calls) and one for its peer address (consensus messages); a fault on
+the link acts on both.
 
 Two networks:
 
 ``LoopbackNetwork`` (no root needed)
     every replica listens on 127.0.0.1:<topology port>; one Toxiproxy proxy
-    per directed link ``rI-rJ`` (and ``client-rJ`` for the clients), with
+    per directed link ``rI-rJ`` (and ``client-rJ`` for the clients; plus
+    ``rI-rJ-peer`` for the peer address), with
     latency toxics for the zones' RTT; cuts disable proxies. Driven through
     toxiproxy-python against ``chaos.toxiproxy_server`` (started here) or a
     real Toxiproxy server given by URL.
@@ -43,12 +47,16 @@ from cluster.__main__ import pid_runs_replica
 ROOT = Path(__file__).resolve().parent.parent
 SHIM_SOURCE = Path(__file__).resolve().parent / "faultshim.c"
 # Loopback ports: one block of 1000 per run, away from the shipped topologies' ports. In a block:
-# proxies at +100 * source number + destination number (client: 0), replicas at +900 + number,
-# metrics at +950 + number. A run takes the first free block from one its PID picks, so two
-# runs on one machine do not meet.
+# proxies at +100 * source number + destination number (client: 0), peer-address proxies at
+# +100 * source number + 50 + destination number, replicas at +900 + number, their peer
+# addresses at +920 + number, metrics at +950 + number. A run takes the first free block from
+# one its PID picks, so two runs on one machine do not meet.
 LOOPBACK_BLOCKS = tuple(20000 + 1000 * k for k in range(10))
 LOOPBACK_REPLICA_OFFSET = 900
+LOOPBACK_PEER_OFFSET = 920
 LOOPBACK_METRICS_OFFSET = 950
+LOOPBACK_PEER_LINK_OFFSET = 50
+NETNS_PEER_LINK_OFFSET = 500  # netns: peer-address proxies at PEER_PORT_BASE + this + number
 PIDS_DIR = ROOT / "data" / "chaos" / "pids"  # <owner pid>.txt: "<pid> <command line marker>" per line
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -99,8 +107,10 @@ def pick_loopback_block(numbers: list[int]) -> int:
     k0 = os.getpid() % len(LOOPBACK_BLOCKS)
     for i in range(len(LOOPBACK_BLOCKS)):
         base = LOOPBACK_BLOCKS[(k0 + i) % len(LOOPBACK_BLOCKS)]
-        ports = [base + off + n for n in numbers for off in (LOOPBACK_REPLICA_OFFSET, LOOPBACK_METRICS_OFFSET)]
+        ports = [base + off + n for n in numbers
+                 for off in (LOOPBACK_REPLICA_OFFSET, LOOPBACK_PEER_OFFSET, LOOPBACK_METRICS_OFFSET)]
         ports += [base + s * 100 + d for s in [0] + numbers for d in numbers if s != d]
+        ports += [base + s * 100 + LOOPBACK_PEER_LINK_OFFSET + d for s in numbers for d in numbers if s != d]
         if _ports_free(ports):
             return base
     raise RuntimeError("no free loopback port block for a chaos run (ports 20000-29999 busy)")
@@ -128,14 +138,17 @@ def make_certs(cert_dir: Path, cluster_id: str, hosts: dict[str, tuple[str, ...]
 
 
 def write_topology(path: Path, topology: topo.Topology, addresses: dict[str, str], data_root: Path,
-                   metrics_ports: dict[str, int], cert_dir: Path | None = None) -> None:
+                   metrics_ports: dict[str, int], cert_dir: Path | None = None,
+                   peer_addresses: dict[str, str] | None = None) -> None:
     lines = [f'cluster_id = "{topology.cluster_id}"', f'primary_zone = "{topology.primary_zone}"',
              "", "[timing]", f"tick_ms = {topology.tick_ms}", ""]
     if cert_dir is not None:
         lines += ["[tls]", f'cert_dir = "{cert_dir}"', ""]
     for r in topology.replicas:
         lines += ["[[replica]]", f'id = "{r.id}"', f'city = "{r.city}"', f'data_center = "{r.data_center}"',
-                  f'address = "{addresses[r.id]}"', f"metrics_port = {metrics_ports[r.id]}",
+                  f'address = "{addresses[r.id]}"',
+                  f'peer_address = "{(peer_addresses or {}).get(r.id) or r.peer_address}"',
+                  f"metrics_port = {metrics_ports[r.id]}",
                   f'data_dir = "{data_root / r.id}"', *(["join = true"] if r.join else []), ""]
     path.write_text("\n".join(lines))
 
@@ -155,8 +168,10 @@ def with_spares(topology: topo.Topology, replaced: list[str]) -> tuple[topo.Topo
         spec = topology.replica(old)
         n = max(r.number for r in replicas) + 1
         host, port = spec.address.rsplit(":", 1)
+        offset = SPARE_PORT_OFFSET * (len(pairs) + 1)
         replicas.append(dc_replace(spec, id=f"r{n}", number=n, join=True,
-                                   address=f"{host}:{int(port) + SPARE_PORT_OFFSET * (len(pairs) + 1)}",
+                                   address=f"{host}:{int(port) + offset}",
+                                   peer_address=f"{spec.peer_host}:{spec.peer_port + offset}",
                                    metrics_port=spec.metrics_port + SPARE_PORT_OFFSET * (len(pairs) + 1),
                                    data_dir=spec.data_dir.parent / f"r{n}"))
         pairs.append((old, f"r{n}"))
@@ -198,11 +213,23 @@ class LoopbackNetwork:
         s = 0 if src == "client" else self.topology.replica(src).number
         return self.base + s * 100 + self.topology.replica(dst).number
 
-    def _name(self, src: str, dst: str) -> str:
-        return f"chaos{self.tag}-{src}-{dst}"
+    def _name(self, src: str, dst: str, peer: bool = False) -> str:
+        return f"chaos{self.tag}-{src}-{dst}" + ("-peer" if peer else "")
+
+    def _names(self, src: str, dst: str) -> list[str]:
+        """The proxies of a link: the gRPC one, and between replicas the peer-address one."""
+        return [self._name(src, dst)] + ([self._name(src, dst, peer=True)] if src != "client" else [])
 
     def listen_address(self, rid: str) -> str:
         return f"127.0.0.1:{self.base + LOOPBACK_REPLICA_OFFSET + self.topology.replica(rid).number}"
+
+    def listen_peer_address(self, rid: str) -> str:
+        return f"127.0.0.1:{self.base + LOOPBACK_PEER_OFFSET + self.topology.replica(rid).number}"
+
+    def peer_link_address(self, src: str, dst: str) -> str:
+        """Where ``src`` sends consensus messages for ``dst``."""
+        s, d = self.topology.replica(src).number, self.topology.replica(dst).number
+        return f"127.0.0.1:{self.base + s * 100 + LOOPBACK_PEER_LINK_OFFSET + d}"
 
     def metrics_port(self, rid: str) -> int:
         return self.base + LOOPBACK_METRICS_OFFSET + self.topology.replica(rid).number
@@ -235,39 +262,46 @@ class LoopbackNetwork:
             for r in self.topology.replicas:
                 if r.id == src:
                     continue
-                name = self._name(src, r.id)
-                self.api.destroy(name)
-                self.api.create(name, self.peer_address(src, r.id), self.listen_address(r.id))
                 self.links[(src, r.id)] = self.peer_address(src, r.id)
                 rtt = zones.rtt_ms(zsrc, _zone(r))
                 rtts[f"{src}-{r.id}"] = rtt
-                for t in zones.latency_toxics(rtt):
-                    attrs = dict(t["attributes"])
-                    if self.external:  # a real Toxiproxy takes whole milliseconds
-                        attrs["latency"] = max(1, round(attrs["latency"]))
-                    self.api.add_toxic(name, t["name"], "latency", attrs, stream=t["stream"])
+                for name in self._names(src, r.id):
+                    self.api.destroy(name)
+                    if name.endswith("-peer"):
+                        self.api.create(name, self.peer_link_address(src, r.id), self.listen_peer_address(r.id))
+                    else:
+                        self.api.create(name, self.peer_address(src, r.id), self.listen_address(r.id))
+                    for t in zones.latency_toxics(rtt):
+                        attrs = dict(t["attributes"])
+                        if self.external:  # a real Toxiproxy takes whole milliseconds
+                            attrs["latency"] = max(1, round(attrs["latency"]))
+                        self.api.add_toxic(name, t["name"], "latency", attrs, stream=t["stream"])
         self.rtts = rtts
 
     def block(self, src: str, dst: str) -> None:
         if (src, dst) in self.links and (src, dst) not in self.cut:
-            self.api.set_enabled(self._name(src, dst), False)
+            for proxy in self._names(src, dst):
+                self.api.set_enabled(proxy, False)
             self.cut.add((src, dst))
 
     def heal(self) -> None:
         for src, dst in sorted(self.cut):
-            self.api.set_enabled(self._name(src, dst), True)
+            for proxy in self._names(src, dst):
+                self.api.set_enabled(proxy, True)
         self.cut.clear()
 
     def toxic(self, src: str, dst: str, name: str, kind: str, attributes: dict, stream: str = "downstream") -> None:
-        self.api.add_toxic(self._name(src, dst), name, kind, attributes, stream=stream)
+        for proxy in self._names(src, dst):
+            self.api.add_toxic(proxy, name, kind, attributes, stream=stream)
 
     def untoxic(self, src: str, dst: str, name: str) -> None:
-        self.api.remove_toxic(self._name(src, dst), name)
+        for proxy in self._names(src, dst):
+            self.api.remove_toxic(proxy, name)
 
     def stop(self) -> None:
         if self.api is not None:
             try:
-                for name in [self._name(s, d) for s, d in self.links]:
+                for name in [n for s, d in self.links for n in self._names(s, d)]:
                     self.api.destroy(name)
             except ToxiproxyError:
                 pass
@@ -304,6 +338,13 @@ class NetnsNetwork:
     def peer_address(self, src: str, dst: str) -> str:
         return f"127.0.0.1:{netns.PEER_PORT_BASE + self.topology.replica(dst).number}"
 
+    def listen_peer_address(self, rid: str) -> str:
+        return f"{self.ns.hosts[rid].address}:{self.topology.replica(rid).peer_port}"
+
+    def peer_link_address(self, src: str, dst: str) -> str:
+        """Where ``src`` sends consensus messages for ``dst``."""
+        return f"127.0.0.1:{netns.PEER_PORT_BASE + NETNS_PEER_LINK_OFFSET + self.topology.replica(dst).number}"
+
     def client_addresses(self) -> list[str]:
         return [self.peer_address("client", r.id) for r in self.topology.replicas]
 
@@ -322,6 +363,10 @@ class NetnsNetwork:
                 self.rtts[f"{src}-{r.id}"] = rtt
                 proxies.append({"name": f"{src}-{r.id}", "listen": self.peer_address(src, r.id),
                                 "upstream": self.listen_address(r.id), "toxics": zones.latency_toxics(rtt)})
+                if src != "client":
+                    proxies.append({"name": f"{src}-{r.id}-peer", "listen": self.peer_link_address(src, r.id),
+                                    "upstream": self.listen_peer_address(r.id),
+                                    "toxics": zones.latency_toxics(rtt)})
             config = self.run_dir / f"links-{src}.json"
             config.write_text(json.dumps(proxies, indent=1))
             # the API in the root namespace (any free port on 127.0.0.1), the proxies in the host's
@@ -342,10 +387,12 @@ class NetnsNetwork:
             self.apis[src] = ToxiproxyAPI(json.loads(line)["api"])
 
     def block(self, src: str, dst: str) -> None:
-        """``src`` cannot open connections to ``dst``'s replica port (clients: to the replica)."""
+        """``src`` cannot open connections to ``dst``'s replica ports (clients: to the replica)."""
         if (src, dst) in self.cut:
             return
         self.ns.block(src, dst, self.topology.replica(dst).port)
+        if src != "client":
+            self.ns.block(src, dst, self.topology.replica(dst).peer_port)
         self.cut.add((src, dst))
 
     def heal(self) -> None:
@@ -355,10 +402,15 @@ class NetnsNetwork:
     def toxic(self, src: str, dst: str, name: str, kind: str, attributes: dict, stream: str = "downstream") -> None:
         """A toxic on the link ``src`` -> ``dst``, in the delay stage of ``src``'s host (on top of the
         zone latency toxics)."""
-        self.apis[src].add_toxic(f"{src}-{dst}", name, kind, attributes, stream=stream)
+        for proxy in self._names(src, dst):
+            self.apis[src].add_toxic(proxy, name, kind, attributes, stream=stream)
 
     def untoxic(self, src: str, dst: str, name: str) -> None:
-        self.apis[src].remove_toxic(f"{src}-{dst}", name)
+        for proxy in self._names(src, dst):
+            self.apis[src].remove_toxic(proxy, name)
+
+    def _names(self, src: str, dst: str) -> list[str]:
+        return [f"{src}-{dst}"] + ([f"{src}-{dst}-peer"] if src != "client" else [])
 
     def stop(self) -> None:
         for api in self.apis.values():
@@ -424,9 +476,12 @@ class ChaosCluster:
         for r in self.topology.replicas:
             addresses = {o.id: (self.network.listen_address(o.id) if o.id == r.id
                                 else self.network.peer_address(r.id, o.id)) for o in self.topology.replicas}
+            peer_addresses = {o.id: (self.network.listen_peer_address(o.id) if o.id == r.id
+                                     else self.network.peer_link_address(r.id, o.id))
+                              for o in self.topology.replicas}
             write_topology(self.topology_file(r.id), self.topology, addresses, self.data_root,
                            {o.id: self.network.metrics_port(o.id) for o in self.topology.replicas},
-                           self.cert_dir)
+                           self.cert_dir, peer_addresses)
             (self.data_root / r.id).mkdir(parents=True, exist_ok=True)
             self.fault_file(r.id).write_text("1.0 0 0 0 0\n")
 

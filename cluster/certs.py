@@ -34,7 +34,9 @@ import argparse
 import datetime
 import ipaddress
 import os
+import ssl
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,39 @@ class TlsCredentials:
         import grpc
 
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
+
+
+    def ssl_context(self, server: bool) -> ssl.SSLContext:
+        """Mutual TLS for the replicas' peer connections (``ledger.server_peers``).
+
+        The other end must present a certificate of this CA, either way; which
+        ``ledger://`` identity it names is the caller's check (the peer's
+        replica id, not a host name: a peer may be dialled through a proxy)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if not server:
+            ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=self.ca.decode("ascii", "replace"))
+        # load_cert_chain reads files only: hand it the PEM through a private directory.
+        with tempfile.TemporaryDirectory(prefix="ledger-tls-") as d:
+            cert, key = Path(d) / "cert.pem", Path(d) / "key.pem"
+            cert.write_bytes(self.cert)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.key)
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+
+def identity_of_peercert(peercert: dict | None) -> "Identity | None":
+    """The ``ledger://`` identity in a verified peer certificate as ``ssl`` reports it
+    (``SSLSocket.getpeercert()``); None: none, or more than one."""
+    if not peercert:
+        return None
+    found = [Identity.from_uri(v) for k, v in peercert.get("subjectAltName", ()) if k == "URI"]
+    found = [i for i in found if i is not None]
+    return found[0] if len(found) == 1 else None
 
 
 def open_channel(address: str, tls: "TlsCredentials | None", options=()):

@@ -64,19 +64,21 @@ class LocalCluster:
         are dc1, dc2, ... in replica order)."""
         self.dir = Path(tempfile.mkdtemp(prefix="ledger-itest-"))
         total = replicas + joiners
-        ports = free_ports(2 * total)
+        ports = free_ports(3 * total)
         all_ids = [f"r{i + 1}" for i in range(total)]
         self.ids = all_ids[:replicas]
         self.joiners = all_ids[replicas:]
         self.addresses = {rid: f"127.0.0.1:{ports[i]}" for i, rid in enumerate(self.ids)}
         self.joiner_addresses = {rid: f"127.0.0.1:{ports[replicas + i]}" for i, rid in enumerate(self.joiners)}
         self.metrics_ports = {rid: ports[total + i] for i, rid in enumerate(all_ids)}
+        self.peer_addresses = {rid: f"127.0.0.1:{ports[2 * total + i]}" for i, rid in enumerate(all_ids)}
         lines = [f'cluster_id = "{cluster_id}"', f'primary_zone = "{primary_zone}"', extra_toml, ""]
         for i, rid in enumerate(all_ids):
             address = self.addresses.get(rid) or self.joiner_addresses[rid]
             lines += [
                 "[[replica]]", f'id = "{rid}"', 'city = "test"', f'data_center = "dc{i + 1}"',
-                f'address = "{address}"', f"metrics_port = {self.metrics_ports[rid]}",
+                f'address = "{address}"', f'peer_address = "{self.peer_addresses[rid]}"',
+                f"metrics_port = {self.metrics_ports[rid]}",
                 f'data_dir = "{self.dir / rid}"', "join = true" if rid in self.joiners else "", "",
             ]
         self.topology = self.dir / "topology.toml"

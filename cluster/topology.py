@@ -22,7 +22,9 @@ A topology is a TOML file::
     id = "r1"                         # "r" + a number 1..65535 (the consensus id)
     city = "frankfurt"
     data_center = "fra-a"
-    address = "127.0.0.1:7101"        # gRPC, public API and peer service
+    address = "127.0.0.1:7101"        # gRPC: public API, admin calls, snapshot transfer
+    peer_address = "127.0.0.1:7111"   # consensus messages from the other replicas
+                                      # (optional; default: the address's port + 100)
     metrics_port = 9101               # Prometheus metrics over HTTP
     data_dir = "data/one-city/r1"     # relative paths: to the working directory
     join = false                      # true: not an initial voter; the replica
@@ -55,6 +57,7 @@ from pathlib import Path
 SHIPPED = Path(__file__).resolve().parent / "topologies"
 TICK_MS_DEFAULT = 10
 PRIMARY_HOLD_MS_DEFAULT = 3000
+PEER_PORT_OFFSET_DEFAULT = 100  # peer_address when a replica table names none: port + this
 SNAPSHOT_EVERY_SLOTS_DEFAULT = 4096
 SNAPSHOT_KEEP_SLOTS_DEFAULT = 512
 
@@ -73,6 +76,11 @@ class ReplicaSpec:
     metrics_port: int
     data_dir: Path
     join: bool = False  # not an initial voter: joins a running cluster as a learner
+    peer_address: str = ""  # where peers send consensus messages; "" = default_peer_address
+
+    def __post_init__(self) -> None:
+        if not self.peer_address:
+            object.__setattr__(self, "peer_address", default_peer_address(self.address))
 
     @property
     def host(self) -> str:
@@ -81,6 +89,14 @@ class ReplicaSpec:
     @property
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def peer_host(self) -> str:
+        return self.peer_address.rsplit(":", 1)[0]
+
+    @property
+    def peer_port(self) -> int:
+        return int(self.peer_address.rsplit(":", 1)[1])
 
     @property
     def zone(self) -> str:
@@ -115,7 +131,7 @@ class Topology:
     @property
     def all_loopback(self) -> bool:
         """True if every replica address is a loopback address (plaintext is allowed then)."""
-        return all(is_loopback_host(r.host) for r in self.replicas)
+        return all(is_loopback_host(r.host) and is_loopback_host(r.peer_host) for r in self.replicas)
 
     def replica(self, replica_id: str) -> ReplicaSpec:
         for r in self.replicas:
@@ -137,6 +153,11 @@ class Topology:
             for r in self.replicas
         )
         return replace(self, replicas=replicas)
+
+
+def default_peer_address(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + PEER_PORT_OFFSET_DEFAULT}" if port.isdigit() else ""
 
 
 def is_loopback_host(host: str) -> bool:
@@ -209,16 +230,21 @@ def load(name_or_path: str | Path) -> Topology:
             need(isinstance(r.get(key), str) and r[key], f"{where}: {key} must be a non-empty string")
         host, _, port = r["address"].rpartition(":")
         need(bool(host) and port.isdigit() and 0 < int(port) < 65536, f"{where}: address must be host:port")
+        peer_address = r.get("peer_address", default_peer_address(r["address"]))
+        need(isinstance(peer_address, str), f"{where}: peer_address must be host:port")
+        phost, _, pport = peer_address.rpartition(":")
+        need(bool(phost) and pport.isdigit() and 0 < int(pport) < 65536,
+             f"{where}: peer_address must be host:port (default: the address's port + {PEER_PORT_OFFSET_DEFAULT})")
         mp = r.get("metrics_port")
         need(isinstance(mp, int) and 0 < mp < 65536, f"{where}: metrics_port must be a port number")
         replicas.append(
             ReplicaSpec(rid, int(m.group(1)), r["city"], r["data_center"], r["address"], mp, Path(r["data_dir"]),
-                        join=bool(r.get("join", False)))
+                        join=bool(r.get("join", False)), peer_address=peer_address)
         )
     ids = [r.id for r in replicas]
     need(len(set(ids)) == len(ids), f"replica ids must be distinct: {ids}")
-    addrs = [r.address for r in replicas]
-    need(len(set(addrs)) == len(addrs), "replica addresses must be distinct")
+    addrs = [a for r in replicas for a in (r.address, r.peer_address)]
+    need(len(set(addrs)) == len(addrs), "addresses must be distinct (every replica's address and peer_address)")
     ports = [r.metrics_port for r in replicas]
     need(len(set(ports)) == len(ports), "metrics ports must be distinct")
     zones = {r.data_center for r in replicas} | {r.city for r in replicas}

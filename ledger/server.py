@@ -511,7 +511,7 @@ class Driver:
                 merged[r.number] = r
                 log(self.logger, logging.INFO, "new replica in the topology file", replica=r.id, address=r.address)
                 if self.transport is not None:
-                    self.transport.add_peer(r.number, r.id, r.address)
+                    self.transport.add_peer(r.number, r.id, r.peer_address, r.address)
         self.topology = replace(self.topology, replicas=tuple(sorted(merged.values(), key=lambda s: s.number)))
 
     # ------------------------------------------------------------ snapshots
@@ -1228,7 +1228,7 @@ class ReplicaProcess:
             self.topology, spec, self.storage, make_applier(), self.metrics, self.logger, self.seed
         )
         self.driver.has_pending_expiries = has_pending_expiries
-        peers = {r.number: (r.id, r.address) for r in self.topology.replicas if r.number != spec.number}
+        peers = {r.number: (r.id, r.peer_address, r.address) for r in self.topology.replicas if r.number != spec.number}
         transport = PeerTransport(
             self.topology.cluster_id, spec.number, peers, self.driver.deliver, self.metrics, self.logger,
             tls=security.credentials,
@@ -1236,6 +1236,14 @@ class ReplicaProcess:
         self.driver.transport = transport
         transport.snapshot_provider = self.driver.serve_snapshot
         transport.on_unknown_sender = lambda sender: self.driver.refresh_topology({sender})
+        try:
+            await transport.listen(spec.peer_address)
+        except OSError as e:
+            raise OSError(
+                f"cannot listen on {spec.peer_address} (peer_address; {e.strerror or e}): stop what holds it "
+                f"(`ss -ltnp | grep {spec.peer_port}`) or change replica {spec.id}'s peer_address in "
+                f"{self.topology.path}"
+            ) from None
 
         server = grpc.aio.server(
             # Authentication and authorization of every call (ledger.server_auth).
@@ -1269,6 +1277,7 @@ class ReplicaProcess:
         except RuntimeError:
             port = 0
         if port == 0:
+            await transport.stop()
             raise OSError(
                 f"cannot listen on {spec.address}: the address is in use or not local; stop what holds it "
                 f"(`ss -ltnp | grep {spec.port}`) or change replica {spec.id}'s address in {self.topology.path}"
@@ -1285,7 +1294,7 @@ class ReplicaProcess:
             asyncio.get_running_loop().create_task(self._set_health(status))
 
         self.driver.on_serving_changed = serving_changed
-        log(self.logger, logging.INFO, "replica started", address=spec.address,
+        log(self.logger, logging.INFO, "replica started", address=spec.address, peer_address=spec.peer_address,
             metrics_port=spec.metrics_port, data_dir=str(spec.data_dir), pid=os.getpid(),
             applied_index=self.driver.applied_below)
 

@@ -26,7 +26,7 @@ def test_shipped_topologies():
     assert sorted(Counter(r.city for r in three.replicas).values()) == [1, 2, 2]
     for t in (one, two, three):
         assert t.cluster_id and t.primary_zone
-        assert all(r.host == "127.0.0.1" for r in t.replicas)
+        assert all(r.host == "127.0.0.1" == r.peer_host for r in t.replicas)
         assert [r.number for r in t.replicas] == list(range(1, len(t.replicas) + 1))
 
 
@@ -59,6 +59,22 @@ def test_valid_custom_topology(tmp_path):
     t = topo.load(_write(tmp_path))
     assert t.replica("r2").address == "127.0.0.1:2"
     assert t.with_data_root(tmp_path).replica("r3").data_dir == tmp_path / "r3"
+
+
+def test_peer_address_defaults_to_the_port_plus_100_and_may_be_given(tmp_path):
+    t = topo.load(_write(tmp_path))
+    assert t.replica("r2").peer_address == "127.0.0.1:102"
+    assert (t.replica("r2").peer_host, t.replica("r2").peer_port) == ("127.0.0.1", 102)
+    path = tmp_path / "t.toml"
+    path.write_text(path.read_text().replace('address = "127.0.0.1:3"\n',
+                                             'address = "127.0.0.1:3"\npeer_address = "127.0.0.1:7777"\n'))
+    assert topo.load(path).replica("r3").peer_address == "127.0.0.1:7777"
+    for bad, why in (('"127.0.0.1:2"', "addresses must be distinct"), ('"nohost"', "peer_address must be host:port"),
+                     ("7", "peer_address must be host:port")):
+        path.write_text(_write(tmp_path).read_text().replace(
+            'address = "127.0.0.1:3"\n', f'address = "127.0.0.1:3"\npeer_address = {bad}\n'))
+        with pytest.raises(topo.TopologyError, match=why):
+            topo.load(path)
 
 
 @pytest.mark.parametrize("over, why", [

@@ -32,6 +32,7 @@ from ledger import errors, wire
 from ledger.api_proto import pb, pb_grpc
 from ledger.client import Client
 from ledger.model import Account, Transfer
+from ledger.server_peers import send_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 30.0
@@ -149,13 +150,22 @@ def test_process_without_certificate_cannot_call_any_service(cluster):
     }
     methods = _all_methods()
     names = {name for name, *_ in methods}
-    assert {"/ledgerdb.v1.Cluster/TransferLeader", "/ledgerdb.v1.Peer/Send"} <= names
+    assert {"/ledgerdb.v1.Cluster/TransferLeader", "/ledgerdb.v1.Peer/FetchSnapshot"} <= names
     for what, make in channels.items():
         with make() as ch:
             for method, client_streaming, server_streaming in methods:
                 with pytest.raises(grpc.RpcError) as e:
                     _call_raw(ch, method, client_streaming, server_streaming)
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE, (what, method, e.value)
+    # The peer address: plaintext, and a certificate of another CA, get no further than the handshake.
+    frame = wire.encode_frame(cluster.cluster_id, 1, [Heartbeat(src=1, dst=int(leader[1:]),
+                                                                ballot=Ballot(10**9, 1), chosen_below=0, seq=1)])
+    for what, creds in (("plaintext", None), ("another CA's certificate", other)):
+        try:
+            answer = send_frames(cluster.peer_addresses[leader], [frame], creds)
+        except OSError:  # ssl.SSLError included: our side of the handshake failed
+            answer = ("closed", "")
+        assert answer == ("closed", ""), (what, answer)
     # The ledger client library gives up the same way, and nothing changed.
     with Client([address], timeout_s=2, attempt_timeout_s=0.5) as plain:
         with pytest.raises(errors.LedgerError):
@@ -188,10 +198,13 @@ def test_ordinary_client_reads_and_writes_but_cannot_administer(cluster):
             with pytest.raises(grpc.RpcError) as e:
                 _call_raw(ch, method, False)
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, (method, e.value)
-        # ... and the peer stream is for replicas only.
+        # ... and the peer service is for replicas only.
         with pytest.raises(grpc.RpcError) as e:
-            _call_raw(ch, "/ledgerdb.v1.Peer/Send", True)
+            _call_raw(ch, "/ledgerdb.v1.Peer/FetchSnapshot", False, True)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # So is the peer address: a client certificate of this cluster is refused there.
+    refusal = send_frames(cluster.peer_addresses[leader], [b"\x90"], cluster.creds("client"))
+    assert refusal is not None and refusal[0] == "not_certificate", refusal
     assert cluster.wait_leader() == leader  # the refused transfer did nothing
     refused = metric(cluster.metrics_ports[leader], "ledger_auth_refused_total", reason="role")
     assert refused >= len(admin_methods) + 1
@@ -201,17 +214,20 @@ def test_ordinary_client_reads_and_writes_but_cannot_administer(cluster):
         assert a.transfer_leader(leader) == leader  # back where the other tests expect it
 
 
-def _intruder_topology(path: Path, cluster_id: str, own: tuple[str, int], peers: dict[str, str],
+def _intruder_topology(path: Path, cluster_id: str, own: tuple[str, int], peers: dict[str, tuple[str, str]],
                        data_dir: Path, cert_dir: Path | None) -> None:
-    """A 3-replica topology: the intruder as ``own[0]`` on its own port, the others at real addresses."""
+    """A 3-replica topology: the intruder as ``own[0]`` on its own ports, the others at their real
+    (address, peer address)."""
     rid, port = own
-    mport = free_ports(1)[0]
+    mport, own_peer_port = free_ports(2)
     lines = [f'cluster_id = "{cluster_id}"', ""]
     if cert_dir is not None:
         lines += ["[tls]", f'cert_dir = "{cert_dir}"', ""]
     metrics = iter(free_ports(len(peers)))
-    for i, (r, address) in enumerate([(rid, f"127.0.0.1:{port}")] + list(peers.items())):
+    mine = (f"127.0.0.1:{port}", f"127.0.0.1:{own_peer_port}")
+    for i, (r, (address, peer_address)) in enumerate([(rid, mine)] + list(peers.items())):
         lines += ["[[replica]]", f'id = "{r}"', 'city = "x"', f'data_center = "x{i}"', f'address = "{address}"',
+                  f'peer_address = "{peer_address}"',
                   f"metrics_port = {mport if r == rid else next(metrics)}", f'data_dir = "{data_dir}"', ""]
     path.write_text("\n".join(lines))
     return mport
@@ -243,12 +259,12 @@ def _ballots(cluster) -> dict[str, str]:
 def test_replica_of_another_cluster_cannot_join_or_disrupt_elections(cluster, how):
     """An intruder replica whose topology puts it beside two real replicas (and claims a real
     replica's id) keeps campaigning; none of its frames reaches a real replica's consensus
-    (the TLS handshake fails, or the stream is refused and counted before any frame is
+    (the TLS handshake fails, or the connection is refused and counted before any frame is
     read), and the real cluster keeps its leader and serves writes."""
     leader = cluster.wait_leader()
     cluster.wait_converged()
     victim = next(r for r in cluster.ids if r != leader)  # the id the intruder claims
-    others = {r: a for r, a in cluster.addresses.items() if r != victim}
+    others = {r: (a, cluster.peer_addresses[r]) for r, a in cluster.addresses.items() if r != victim}
     work = cluster.dir / f"intruder-{how.split()[0]}"
     work.mkdir()
     cert_dir = work / "certs"
@@ -264,7 +280,7 @@ def test_replica_of_another_cluster_cannot_join_or_disrupt_elections(cluster, ho
         certs._write_key(cert_dir / f"{victim}.key", key)
     topology = work / "evil.toml"
     mport = _intruder_topology(topology, "evil", (victim, port), others, work / "data", cert_dir)
-    before = sum(metric(cluster.metrics_ports[r], "ledger_auth_refused_total", reason="other_cluster")
+    before = sum(metric(cluster.metrics_ports[r], "ledger_peer_frames_refused_total", reason="not_certificate")
                  for r in others)
     proc = _start_intruder(topology, victim, work / "data", work / "log")
     try:
@@ -274,10 +290,11 @@ def test_replica_of_another_cluster_cannot_join_or_disrupt_elections(cluster, ho
                 metric(mport, "ledger_peer_dropped_frames_total", peer=r) >= 50 for r in others
             ), DEADLINE_S, "the intruder to campaign (frames dropped at each real replica)")
         else:
+            # Its certificate names another cluster: refused at the handshake's end, before any frame.
             wait_until(lambda: sum(
-                metric(cluster.metrics_ports[r], "ledger_auth_refused_total", reason="other_cluster")
+                metric(cluster.metrics_ports[r], "ledger_peer_frames_refused_total", reason="not_certificate")
                 for r in others
-            ) >= before + 4, DEADLINE_S, "the real replicas to refuse the intruder's streams")
+            ) >= before + 4, DEADLINE_S, "the real replicas to refuse the intruder's connections")
         assert proc.poll() is None, (work / "log").read_text()[-2000:]
         assert cluster.wait_leader() == leader
         # Nothing it sent was read as a frame: no real replica refused a frame of it either.
@@ -309,21 +326,17 @@ def test_frames_from_non_members_and_forged_senders_are_refused_and_counted(clus
     target = cluster.metrics_ports[follower]
     big = Ballot(10**9, 9)
 
-    def send(creds, sender: int) -> grpc.StatusCode:
+    def send(creds, sender: int) -> str | None:
         heartbeat = Heartbeat(src=sender, dst=int(follower[1:]), ballot=big, chosen_below=0, seq=1)
         frame = wire.encode_frame(cluster.cluster_id, sender, [heartbeat])
-        with grpc.secure_channel(cluster.addresses[follower], creds.channel_credentials()) as ch:
-            try:
-                pb_grpc.PeerStub(ch).Send(iter([pb.PeerFrame(frame=frame)] * 3), timeout=5)
-            except grpc.RpcError as e:
-                return e.code()
-        return grpc.StatusCode.OK
+        refusal = send_frames(cluster.peer_addresses[follower], [frame] * 3, creds)
+        return refusal[0] if refusal else None
 
     before_member = metric(target, "ledger_peer_frames_refused_total", reason="not_member")
     before_cert = metric(target, "ledger_peer_frames_refused_total", reason="not_certificate")
-    assert send(r9, 9) == grpc.StatusCode.FAILED_PRECONDITION
+    assert send(r9, 9) == "not_member"
     impostor = next(r for r in cluster.ids if r not in (leader, follower))
-    assert send(cluster.creds(impostor), int(leader[1:])) == grpc.StatusCode.PERMISSION_DENIED
+    assert send(cluster.creds(impostor), int(leader[1:])) == "not_certificate"
     assert metric(target, "ledger_peer_frames_refused_total", reason="not_member") >= before_member + 1
     assert metric(target, "ledger_peer_frames_refused_total", reason="not_certificate") >= before_cert + 1
     assert cluster.wait_leader() == leader
@@ -344,7 +357,7 @@ def test_plaintext_cluster_refuses_another_cluster_id():
             leader = admin.transfer_leader("r1")  # settle on the primary zone's replica
         c.wait_converged()
         victim = next(r for r in c.ids if r != leader)
-        others = {r: a for r, a in c.addresses.items() if r != victim}
+        others = {r: (a, c.peer_addresses[r]) for r, a in c.addresses.items() if r != victim}
         work = c.dir / "intruder"
         work.mkdir()
         topology = work / "evil.toml"
