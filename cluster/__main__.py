@@ -187,7 +187,7 @@ def cluster_status(state: dict) -> list[dict]:
         pid = state["pids"].get(spec.id, 0)
         alive = pid_runs_replica(pid, spec.id)
         row = {
-            "id": spec.id, "zone": spec.zone, "address": spec.address,
+            "id": spec.id, "zone": spec.zone, "address": spec.address, "peer_address": spec.peer_address,
             "metrics_port": spec.metrics_port, "pid": pid if alive else None,
             "alive": alive,
         }

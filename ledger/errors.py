@@ -121,6 +121,9 @@ def from_status(code: grpc.StatusCode, details: str, metadata) -> LedgerError | 
         return NotLeader(details, md.get(LEADER_ID_KEY, ""), md.get(LEADER_ADDRESS_KEY, ""))
     if kind is not None and STATUS_CODES[kind] == code:
         return kind(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+        # gRPC's own message-size limit (either side): bad input, not overload; never retried.
+        return InvalidArgument(f"the request is too large: {details}")
     fallback = {
         grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
         grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,

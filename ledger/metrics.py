@@ -73,7 +73,7 @@ class ReplicaMetrics:
             "ledger_peer_rtt_seconds", "heartbeat round trip to a peer", LATENCY_BUCKETS_S, ("peer",)
         )
         self.peer_dropped_frames = counter(
-            "ledger_peer_dropped_frames_total", "frames not sent: stream down or outbox full", ("peer",)
+            "ledger_peer_dropped_frames_total", "frames not sent: connection down or too many bytes unsent", ("peer",)
         )
         self.peer_connected = gauge("ledger_peer_connected", "1 if the stream to the peer is up", ("peer",))
         self.elections = counter("ledger_elections_total", "times this replica became a candidate")

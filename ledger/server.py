@@ -79,7 +79,6 @@ from ledger import commands as cmd
 from ledger import digest as digest_mod
 from ledger import errors
 from ledger import server_auth
-from ledger import wire
 from ledger.api_proto import SERVICE_NAMES, pb
 from ledger.metrics import ReplicaMetrics, log, setup_logging
 from ledger.server_peers import PeerServicer, PeerTransport
@@ -108,10 +107,10 @@ EMPTY_PERSIST = Persist()
 SYNC_FAILED_HANDOVER_S = 0.05  # time for the TimeoutNow to leave before exit 70
 KEEPALIVE_MAX_S = 2.0  # longest storage step during which a leader resends heartbeats
 SERVER_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
-# What one call may send us: a peer frame (the largest message) plus protobuf
-# framing. Public requests are held to server_auth.PUBLIC_REQUEST_BYTES_MAX
-# before they are parsed.
-SERVER_RECEIVE_BYTES_MAX = wire.FRAME_BYTES_MAX + 64 * 1024
+# What one gRPC call may send us: the largest public request plus protobuf
+# framing (peer frames come on the peer port). server_auth refuses a public
+# request above PUBLIC_REQUEST_BYTES_MAX before parsing it as well.
+SERVER_RECEIVE_BYTES_MAX = server_auth.PUBLIC_REQUEST_BYTES_MAX + 64 * 1024
 # HTTP/2 streams (calls in progress) per connection: one client's connection
 # cannot take more than this share of RPCS_IN_PROGRESS_MAX; further calls wait
 # on the client's side until one finishes.

@@ -23,15 +23,16 @@ The policy (``roles_for``), by gRPC method:
 
     /ledgerdb.v1.Ledger/*, /ledgerdb.v1.KV/*        client, admin (and replicas)
     /ledgerdb.v1.Cluster/Status, health, reflection  any identity of this cluster
-    /ledgerdb.v1.Peer/*                             replicas only; each frame's sender
-                                                    must be the replica the certificate names
+    /ledgerdb.v1.Peer/*                             replicas only (snapshots; consensus
+                                                    frames have their own port, see
+                                                    ledger.server_peers)
     everything else (TransferLeader, membership
     changes, any admin call added later)             admin only
 
 Refusals answer UNAUTHENTICATED or PERMISSION_DENIED and are counted in
 ``ledger_auth_refused_total{reason}``.
 
-Limits enforced here as well: a public request (anything but the peer stream)
+Limits enforced here as well: a public request (anything but a peer call)
 above ``PUBLIC_REQUEST_BYTES_MAX`` is refused before it is parsed, and one
 that does not parse is refused with INVALID_ARGUMENT (not INTERNAL); the
 server's HTTP/2 ``max_concurrent_streams`` bounds the requests one connection

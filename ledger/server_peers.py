@@ -206,6 +206,7 @@ class PeerLink:
         self.dropped = 0
         self.heartbeat_sent: dict[int, float] = {}
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self._writer: asyncio.StreamWriter | None = None
         self._channel: grpc.aio.Channel | None = None
         m = transport.metrics
@@ -216,6 +217,7 @@ class PeerLink:
         self._task = asyncio.create_task(self._run(), name=f"peer-{self.peer_name}")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
             try:
@@ -269,11 +271,14 @@ class PeerLink:
     async def _run(self) -> None:
         backoff = RECONNECT_BACKOFF_MIN_S
         complained = ""
-        while True:
+        while not self._stopping:
             connected_at = None
             writer = None
             try:
-                reader, writer = await asyncio.wait_for(self._dial(), timeout=CONNECT_TIMEOUT_S + 0.5)
+                # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation that meets a finished dial, and stop() would hang.)
+                async with asyncio.timeout(CONNECT_TIMEOUT_S + 0.5):
+                    reader, writer = await self._dial()
                 self._writer = writer
                 self._set_connected(True)
                 connected_at = time.monotonic()
