@@ -172,10 +172,19 @@ def with_spares(topology: topo.Topology, replaced: list[str]) -> tuple[topo.Topo
         replicas.append(dc_replace(spec, id=f"r{n}", number=n, join=True,
                                    address=f"{host}:{int(port) + offset}",
                                    peer_address=f"{spec.peer_host}:{spec.peer_port + offset}",
-                                   metrics_port=spec.metrics_port + SPARE_PORT_OFFSET * (len(pairs) + 1),
+                                   metrics_port=spec.metrics_port + offset,
                                    data_dir=spec.data_dir.parent / f"r{n}"))
         pairs.append((old, f"r{n}"))
     return dc_replace(topology, replicas=tuple(replicas)), pairs
+
+
+def _link_proxies(network, src: str, dst: str, name: str) -> list[tuple[str, str, str]]:
+    """The proxies of the link ``src`` -> ``dst`` as (name, listen, upstream): the one for the
+    gRPC address, and between replicas ``<name>-peer`` for the peer address."""
+    proxies = [(name, network.peer_address(src, dst), network.listen_address(dst))]
+    if src != "client":
+        proxies.append((f"{name}-peer", network.peer_link_address(src, dst), network.listen_peer_address(dst)))
+    return proxies
 
 
 def _zone(r: topo.ReplicaSpec) -> tuple[str, str]:
@@ -213,12 +222,11 @@ class LoopbackNetwork:
         s = 0 if src == "client" else self.topology.replica(src).number
         return self.base + s * 100 + self.topology.replica(dst).number
 
-    def _name(self, src: str, dst: str, peer: bool = False) -> str:
-        return f"chaos{self.tag}-{src}-{dst}" + ("-peer" if peer else "")
+    def _proxies(self, src: str, dst: str) -> list[tuple[str, str, str]]:
+        return _link_proxies(self, src, dst, f"chaos{self.tag}-{src}-{dst}")
 
     def _names(self, src: str, dst: str) -> list[str]:
-        """The proxies of a link: the gRPC one, and between replicas the peer-address one."""
-        return [self._name(src, dst)] + ([self._name(src, dst, peer=True)] if src != "client" else [])
+        return [name for name, _, _ in self._proxies(src, dst)]
 
     def listen_address(self, rid: str) -> str:
         return f"127.0.0.1:{self.base + LOOPBACK_REPLICA_OFFSET + self.topology.replica(rid).number}"
@@ -265,12 +273,9 @@ class LoopbackNetwork:
                 self.links[(src, r.id)] = self.peer_address(src, r.id)
                 rtt = zones.rtt_ms(zsrc, _zone(r))
                 rtts[f"{src}-{r.id}"] = rtt
-                for name in self._names(src, r.id):
+                for name, listen, upstream in self._proxies(src, r.id):
                     self.api.destroy(name)
-                    if name.endswith("-peer"):
-                        self.api.create(name, self.peer_link_address(src, r.id), self.listen_peer_address(r.id))
-                    else:
-                        self.api.create(name, self.peer_address(src, r.id), self.listen_address(r.id))
+                    self.api.create(name, listen, upstream)
                     for t in zones.latency_toxics(rtt):
                         attrs = dict(t["attributes"])
                         if self.external:  # a real Toxiproxy takes whole milliseconds
@@ -361,12 +366,9 @@ class NetnsNetwork:
                     continue
                 rtt = zones.rtt_ms(zsrc, _zone(r))
                 self.rtts[f"{src}-{r.id}"] = rtt
-                proxies.append({"name": f"{src}-{r.id}", "listen": self.peer_address(src, r.id),
-                                "upstream": self.listen_address(r.id), "toxics": zones.latency_toxics(rtt)})
-                if src != "client":
-                    proxies.append({"name": f"{src}-{r.id}-peer", "listen": self.peer_link_address(src, r.id),
-                                    "upstream": self.listen_peer_address(r.id),
-                                    "toxics": zones.latency_toxics(rtt)})
+                proxies += [{"name": name, "listen": listen, "upstream": upstream,
+                             "toxics": zones.latency_toxics(rtt)}
+                            for name, listen, upstream in _link_proxies(self, src, r.id, f"{src}-{r.id}")]
             config = self.run_dir / f"links-{src}.json"
             config.write_text(json.dumps(proxies, indent=1))
             # the API in the root namespace (any free port on 127.0.0.1), the proxies in the host's
@@ -410,7 +412,7 @@ class NetnsNetwork:
             self.apis[src].remove_toxic(proxy, name)
 
     def _names(self, src: str, dst: str) -> list[str]:
-        return [f"{src}-{dst}"] + ([f"{src}-{dst}-peer"] if src != "client" else [])
+        return [name for name, _, _ in _link_proxies(self, src, dst, f"{src}-{dst}")]
 
     def stop(self) -> None:
         for api in self.apis.values():

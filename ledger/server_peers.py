@@ -154,6 +154,15 @@ def encode_refusal(reason: str, text: str) -> bytes:
     return len(body).to_bytes(LENGTH_BYTES, "big") + body
 
 
+def decode_refusal(body: bytes) -> tuple[str, str]:
+    """A refusal's (reason, text) from its body (after the length); ValueError if it is none."""
+    try:
+        reason, text = msgpack.unpackb(body)
+    except (ValueError, TypeError) as e:  # msgpack's errors are ValueErrors; a wrong shape a TypeError
+        raise ValueError(f"not a refusal: {e}") from None
+    return str(reason), str(text)
+
+
 def send_frames(address: str, frames: list[bytes], tls: TlsCredentials | None = None,
                 linger_s: float = 1.0) -> tuple[str, str] | None:
     """Blocking: open one peer connection to ``address`` (as ``tls``'s identity, or in
@@ -185,10 +194,9 @@ def send_frames(address: str, frames: list[bytes], tls: TlsCredentials | None = 
     if len(got) >= LENGTH_BYTES:
         n = int.from_bytes(got[:LENGTH_BYTES], "big")
         try:
-            reason, text = msgpack.unpackb(got[LENGTH_BYTES:LENGTH_BYTES + n])
-            return str(reason), str(text)
-        except Exception:
-            pass
+            return decode_refusal(got[LENGTH_BYTES:LENGTH_BYTES + n])
+        except ValueError:
+            pass  # not a refusal: report the close alone
     return "closed", ""
 
 
@@ -287,7 +295,7 @@ class PeerLink:
                 head = await reader.readexactly(LENGTH_BYTES)
                 n = int.from_bytes(head, "big")
                 if n <= REFUSAL_BYTES_MAX:
-                    reason, text = msgpack.unpackb(await reader.readexactly(n))
+                    reason, text = decode_refusal(await reader.readexactly(n))
                     log(self.t.logger, logging.ERROR, "peer refused our frames",
                         peer=self.peer_name, reason=f"{reason}: {text}")
             except asyncio.CancelledError:

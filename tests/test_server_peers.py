@@ -22,7 +22,7 @@ from consensus.ballot import Ballot
 from consensus.messages import Heartbeat
 from ledger import wire
 from ledger.metrics import ReplicaMetrics
-from ledger.server_peers import PeerTransport, send_frames
+from ledger.server_peers import PeerTransport, decode_refusal, send_frames
 
 pytestmark = pytest.mark.timeout(60)
 CLUSTER = "peers"
@@ -129,9 +129,7 @@ def test_an_oversized_length_header_ends_the_connection_with_a_refusal():
                     data = b""
                     while chunk := s.recv(4096):
                         data += chunk
-                import msgpack
-
-                return tuple(msgpack.unpackb(data[4:]))
+                return decode_refusal(data[4:])
 
             reason, text = await asyncio.to_thread(oversized)
             assert reason == "malformed" and str(wire.FRAME_BYTES_MAX) in text
