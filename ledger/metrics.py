@@ -27,6 +27,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8190, 
 ROLES = ("follower", "pre_candidate", "candidate", "leader")
 
 
+WRITE_SET_OUTCOMES = ("sent", "installed", "executed", "refused")
+
+
 class ReplicaMetrics:
     """All series of one replica, in a registry of its own."""
 
@@ -85,6 +88,12 @@ class ReplicaMetrics:
             "ledger_event_results_total", "per-event ledger result codes answered", ("result",)
         )
         self.wire_errors = counter("ledger_wire_errors_total", "peer frames refused by the wire decoder")
+        self.write_sets = counter(
+            "ledger_write_sets_total",
+            "large slots' write sets (ledger.write_set), by outcome: sent (leader), installed, "
+            "executed (applied by running the batch: none arrived in time, or another base), refused",
+            ("outcome",),
+        )
         self._role_seen = ""
         # Create every unlabelled-beyond-replica series now, so that each one
         # is exported from the start (a follower also shows its commit latency
@@ -97,6 +106,8 @@ class ReplicaMetrics:
             self.labels(metric)
         for name in ROLES:
             self.labels(self.role, role=name)
+        for outcome in WRITE_SET_OUTCOMES:
+            self.labels(self.write_sets, outcome=outcome)
 
     def labels(self, metric, **extra):
         if extra:

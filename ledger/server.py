@@ -83,6 +83,8 @@ from ledger.api_proto import SERVICE_NAMES, pb
 from ledger.metrics import ReplicaMetrics, log, setup_logging
 from ledger.server_peers import PeerServicer, PeerTransport
 from ledger.storage import ReplicaStorage, SnapshotMismatch, StorageError, StorageSyncFailed, StorageUnavailable
+from ledger import write_set
+from ledger.wire import WriteSet
 
 # ---------------------------------------------------------------- limits
 
@@ -132,6 +134,19 @@ CAUGHT_UP_SLOTS = 64
 # A peer is healthy while it acknowledged one of the last few heartbeat rounds.
 HEALTHY_HEARTBEAT_ROUNDS = 5
 TOPOLOGY_RELOAD_INTERVAL_S = 1.0  # at most this often, when an unknown member appears
+
+# Write sets (``ledger.write_set``): a leader sends the rows it wrote for each
+# slot value this large, and a follower holds such a slot, once chosen, until
+# its write set is there (installing it costs about a third of running the
+# batch), but no longer than WRITE_SET_WAIT_S and for at most
+# DEFERRED_SLOTS_MAX slots; then it runs the batch itself. Smaller slots are
+# cheaper to run than to ship.
+WRITE_SET_VALUE_BYTES_MIN = 64 * 1024  # about 500 transfers
+WRITE_SET_WAIT_S = 1.0
+DEFERRED_SLOTS_MAX = 32
+WRITE_SETS_HELD_BYTES_MAX = 256 * 1024 * 1024  # received, not yet installed
+WRITE_SET_BACKLOG_BYTES_MAX = 16 * 1024 * 1024  # a link with more unsent bytes gets none
+WRITE_SETS_AHEAD_MAX = 4096  # slots past our applied point a held write set may be for
 
 COMMAND_OVERHEAD_BYTES = 64  # msgpack framing of one command, generously
 assert SLOT_EVENT_BYTES_MAX + COMMAND_OVERHEAD_BYTES * SLOT_COMMANDS_MAX < cmd.BATCH_BYTES_MAX
@@ -280,6 +295,10 @@ class Driver:
         self._snapshot_logged_at = -1e9
         self._last_heartbeats: dict[int, Heartbeat] = {}  # peer -> the last Heartbeat sent to it
         self._step_results: dict[int, list] = {}
+        self._write_sets: dict[int, WriteSet] = {}  # slot -> a leader's write set, until applied
+        self._write_set_bytes = 0
+        self._deferred: list[tuple[int, bytes]] = []  # chosen slots held for their write set
+        self._deferred_at: dict[int, float] = {}  # slot -> when it started waiting
         self.has_pending_expiries: Callable[[Any, int], bool] = lambda tables, now_ns: False
         self.transport: PeerTransport | None = None
         # Told when the replica stops or resumes serving (health checking).
@@ -613,6 +632,8 @@ class Driver:
             )
             r.install_snapshot(index, memberships)
             self.applied_below = index
+            self._deferred = [(s, v) for s, v in self._deferred if s >= index]
+            self._take_write_sets([(index - 1, b"")])
             self.snapshots_installed += 1
             log(self.logger, logging.INFO, "snapshot installed", index=index,
                 seconds=round(time.monotonic() - started, 3))
@@ -689,6 +710,11 @@ class Driver:
     # ------------------------------------------------------------ peer entry point
 
     def deliver(self, messages: list[Message]) -> None:
+        if any(type(m) is WriteSet for m in messages):
+            messages = self._keep_write_sets(messages)
+            self._wake.set()
+            if not messages:
+                return
         if len(self._inbox) + len(messages) > INBOX_MESSAGES_MAX:
             return  # overload: dropping is safe, the senders retransmit
         leader = self.replica.leader_id
@@ -698,6 +724,76 @@ class Driver:
         if self._step_started is not None:
             self._ack_heartbeats_now(messages)
         self._wake.set()
+
+    def _keep_write_sets(self, messages: list[Message]) -> list[Message]:
+        """Hold the write sets among ``messages`` for their slots' apply; the rest."""
+        rest = []
+        for m in messages:
+            if type(m) is not WriteSet:
+                rest.append(m)
+            elif (
+                self.applied_below <= m.slot < self.applied_below + WRITE_SETS_AHEAD_MAX
+                and m.slot not in self._write_sets
+                and self._write_set_bytes + len(m.rows) <= WRITE_SETS_HELD_BYTES_MAX
+                and self.replica.role is not Role.LEADER
+            ):
+                self._write_sets[m.slot] = m
+                self._write_set_bytes += len(m.rows)
+        return rest
+
+    def _applicable(self, committed) -> list[tuple[int, bytes]]:
+        """The chosen slots to apply now, in order: ``committed`` after those
+        held from earlier turns, up to the first large one whose write set a
+        follower is still waiting for (the rest are held)."""
+        queue = self._deferred + list(committed) if self._deferred else list(committed)
+        r = self.replica
+        if r.role is not Role.FOLLOWER or r.leader_id in (None, self.spec.number) or self._stopping:
+            self._deferred = []
+            self._deferred_at.clear()
+            return queue
+        now = time.monotonic()
+        n = 0
+        for slot, value in queue:
+            if (
+                len(value) >= WRITE_SET_VALUE_BYTES_MIN
+                and slot not in self._write_sets
+                and slot not in self._inflight
+                and len(queue) - n <= DEFERRED_SLOTS_MAX
+                and now - self._deferred_at.setdefault(slot, now) < WRITE_SET_WAIT_S
+            ):
+                break
+            n += 1
+        self._deferred = queue[n:]
+        for slot, _ in queue[:n]:
+            self._deferred_at.pop(slot, None)
+        return queue[:n]
+
+    def _take_write_sets(self, committed) -> dict[int, WriteSet]:
+        """The held write sets of ``committed``'s slots (and none older)."""
+        if not self._write_sets:
+            return {}
+        last = committed[-1][0] if committed else -1
+        taken = {}
+        for slot in [s for s in self._write_sets if s <= last]:
+            ws = self._write_sets.pop(slot)
+            self._write_set_bytes -= len(ws.rows)
+            taken[slot] = ws
+        return taken
+
+    def _send_write_sets(self, recorded: list) -> None:
+        """The leader's write sets of the slots it just applied, to every peer."""
+        if self.transport is None or self.replica.role is not Role.LEADER:
+            return
+        m = self.metrics
+        me = self.spec.number
+        for slot, base, after, rows in recorded:
+            if len(rows) > write_set.WRITE_SET_BYTES_MAX:
+                continue
+            sent = self.transport.send_write_set(
+                lambda dst: WriteSet(me, dst, slot, base.to_bytes(32, "big"), after.to_bytes(32, "big"), rows),
+                WRITE_SET_BACKLOG_BYTES_MAX,
+            )
+            m.labels(m.write_sets, outcome="sent").inc(sent)
 
     def _ack_heartbeats_now(self, messages: list[Message]) -> None:
         """While a long storage step runs, answer the leader's heartbeats at
@@ -832,6 +928,13 @@ class Driver:
                 if any(is_membership_value(v) for _, v in ready.committed):
                     self.refresh_topology(r.members.known_ids())
                 await self._maybe_compact()
+        elif self._deferred:
+            # Chosen slots held for their write sets: one may have come, or waited enough.
+            applied = self.applied_below
+            await self._persist_and_apply(ready, [])
+            self._step_results = {}
+            if self.applied_below > applied:
+                await self._maybe_compact()
         self._observe()
 
     # ------------------------------------------------------------ proposing
@@ -933,8 +1036,13 @@ class Driver:
         When a step both acknowledges (``late``) and commits, as a follower's
         does under load, the acknowledgements leave after the acceptor
         transaction and before the apply, which then runs as a second,
-        unsynced transaction: applying never delays the leader's quorum."""
-        committed = ready.committed
+        unsynced transaction: applying never delays the leader's quorum.
+
+        A leader records the rows each large slot writes and sends them to
+        its peers afterwards; a follower installs such rows instead of
+        running the batch (``ledger.write_set``), and may hold chosen slots
+        for them (``_applicable``)."""
+        committed = self._applicable(ready.committed)
         if ready.persist.empty and not committed:
             self._send(late)
             return
@@ -953,29 +1061,78 @@ class Driver:
             persisting = {slot for slot, _, _ in ready.persist.accepted}
             early = [(s, v) for s, v in committed if s in self._inflight and s not in persisting]
         loop = asyncio.get_running_loop()
+        leading = self.replica.role is Role.LEADER and self.transport is not None
+        write_sets = {} if leading else self._take_write_sets(committed)
+        for slot in self._inflight:
+            write_sets.pop(slot, None)  # our own writes need the batch's results
+        recorded: list = []  # the leader's (slot, digest before, digest after, rows)
+        outcomes = {"installed": 0, "executed": 0}
 
         def apply(tables) -> int:
             results.results.clear()
+            recorded.clear()
+            outcomes.update(installed=0, executed=0)
             for slot, value in committed:
                 if slot < self.applied_below:
                     continue  # already in the state machine (restart re-delivery)
                 if is_membership_value(value):
                     continue  # the consensus core's own value, not a ledger batch
+                large = len(value) >= WRITE_SET_VALUE_BYTES_MIN
+                if large and leading:
+                    before = tables.digest
+                    recorder = write_set.Recorder(tables)
+                    result = results.results[slot] = self.apply_value(recorder, slot, value)
+                    if result is not None:
+                        recorded.append((slot, before, tables.digest, recorder))
+                    continue
+                ws = write_sets.get(slot)
+                if ws is not None and ws.base_digest == tables.digest.to_bytes(32, "big"):
+                    write_set.install(tables, write_set.decode(ws.rows))
+                    if tables.digest.to_bytes(32, "big") != ws.digest:
+                        raise write_set.WriteSetError(f"slot {slot}: the installed rows give another digest")
+                    results.results[slot] = None  # a follower answers no writes
+                    outcomes["installed"] += 1
+                    continue
                 results.results[slot] = self.apply_value(tables, slot, value)
+                outcomes["executed"] += large
             if early:
                 loop.call_soon_threadsafe(self._answer_writes, early, dict(results.results))
+            for i, (slot, before, after, recorder) in enumerate(recorded):
+                recorded[i] = (slot, before, after, recorder.encode())
             return max(new_applied, self.applied_below)
+
+        async def apply_step(persist: Persist) -> None:
+            while True:
+                try:
+                    await self._storage_step(persist, apply)
+                    return
+                except write_set.WriteSetError as e:
+                    # Nothing of the step happened; run the batches instead.
+                    log(self.logger, logging.ERROR, "refused a leader's write set; running the batch",
+                        error=str(e)[:300])
+                    m = self.metrics
+                    m.labels(m.write_sets, outcome="refused").inc(len(write_sets))
+                    write_sets.clear()
 
         if committed and late and not ready.persist.empty:
             await self._storage_step(ready.persist, None)
             self._send(late)
-            await self._storage_step(EMPTY_PERSIST, apply)
+            await apply_step(EMPTY_PERSIST)
         else:
-            await self._storage_step(ready.persist, apply if committed else None)
+            if committed:
+                await apply_step(ready.persist)
+            else:
+                await self._storage_step(ready.persist, None)
             self._send(late)
         self._step_results = results.results
         if committed:
             self.applied_below = max(self.applied_below, new_applied)
+            m = self.metrics
+            for outcome, count in outcomes.items():
+                if count:
+                    m.labels(m.write_sets, outcome=outcome).inc(count)
+            if recorded:
+                self._send_write_sets(recorded)
 
     def _hand_over_leadership(self) -> None:
         """A leader whose storage fails cannot order anything until it works

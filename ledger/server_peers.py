@@ -96,7 +96,7 @@ SMALL_FRAME_BYTES = 64 * 1024  # below: length and frame go out in one write
 
 def _payload_bytes(m: Message) -> int:
     """A cheap upper-bound estimate of a message's encoded size."""
-    size = 64
+    size = 64 + len(getattr(m, "rows", b""))
     for entry in getattr(m, "entries", ()) or getattr(m, "accepted", ()):
         size += len(entry[-1]) + 32
     return size
@@ -240,6 +240,13 @@ class PeerLink:
         if self._channel is None:
             self._channel = open_channel(self.api_address, self.t.tls, CHANNEL_OPTIONS)
         return self._channel
+
+    def backlog(self) -> int | None:
+        """Bytes written to the connection and not yet sent (None: not connected)."""
+        w = self._writer
+        if w is None or w.is_closing():
+            return None
+        return w.transport.get_write_buffer_size()
 
     def offer(self, frame: bytes) -> None:
         w = self._writer
@@ -534,6 +541,19 @@ class PeerTransport:
                         del probes[next(iter(probes))]
             for chunk in _frames_of(msgs):
                 link.offer(wire.encode_frame(self.cluster_id, self.self_id, chunk))
+
+    def send_write_set(self, make: Callable[[int], Message], backlog_max: int) -> int:
+        """Send ``make(peer)`` to each connected peer with at most ``backlog_max``
+        unsent bytes (a write set only saves work: never queue it behind a
+        slow link's consensus messages). How many peers it went to."""
+        sent = 0
+        for dst, link in self.links.items():
+            backlog = link.backlog()
+            if backlog is None or backlog > backlog_max:
+                continue
+            link.offer(wire.encode_frame(self.cluster_id, self.self_id, [make(dst)]))
+            sent += 1
+        return sent
 
     def _observe(self, sender: int, messages: list[Message]) -> None:
         link = self.links.get(sender)

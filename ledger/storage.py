@@ -301,6 +301,23 @@ class LmdbTables(LmdbTableReader):
         cursor.putmulti([(key, new) for key, _, new in rows])
         self._digest = _digest.replaced(self._digest, table, rows)
 
+    def write_rows(self, table: bytes, rows: list[tuple[bytes, bytes]], new_only: bool) -> None:
+        if not rows:
+            return
+        cursor = self._cursors.get(table) or self._cursor(table)
+        try:
+            if new_only:
+                _, added = cursor.putmulti(rows, overwrite=False)
+                if added != len(rows):
+                    raise ValueError(f"write_rows: {table!r} already held {len(rows) - added} of the new keys")
+                self._digest = _digest.inserted(self._digest, table, rows)
+                return
+            replace = cursor.replace
+            changed = [(key, replace(key, value), value) for key, value in rows]
+        except lmdb.BadValsizeError as e:
+            raise ValueError(f"write_rows: {table!r}: a key is not 1..{KEY_BYTES_MAX} bytes") from e
+        self._digest = _digest.replaced(self._digest, table, changed)
+
     def delete(self, table: bytes, key: bytes) -> bool:
         cursor = self._cursors.get(table) or self._cursor(table)
         try:

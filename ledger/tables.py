@@ -55,6 +55,14 @@ class Tables(Protocol):
         caller; ``MemoryTables`` (the simulator's) checks every one."""
         ...
 
+    def write_rows(self, table: bytes, rows: list[tuple[bytes, bytes]], new_only: bool) -> None:
+        """Set each row (key, value), reading the old row for the digest in
+        the same call (``ledger.write_set``: rows from a peer, not checked by
+        this replica's state machine). ``new_only``: every key must be
+        absent. ``ValueError`` when a key is present (``new_only``) or not a
+        key the store takes; the caller aborts its transaction then."""
+        ...
+
     def range(
         self,
         table: bytes,
@@ -122,6 +130,13 @@ class MemoryTables:
                 bisect.insort(keys, key)
             stored[key] = new
         self._digest = _digest.replaced(self._digest, table, rows)
+
+    def write_rows(self, table: bytes, rows: list[tuple[bytes, bytes]], new_only: bool) -> None:
+        stored = self._rows[table]
+        if new_only and any(key in stored for key, _ in rows):
+            raise ValueError(f"write_rows: {table!r} already holds a key of the new rows")
+        for key, value in rows:
+            self.put(table, key, value)
 
     def range(
         self,

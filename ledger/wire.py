@@ -8,7 +8,9 @@ and each message is an array ``[type_code, field, field, ...]`` whose fields
 follow the dataclass field order of ``consensus.messages`` (``src`` and ``dst``
 first). Type codes are stable and never reused. A ballot is ``[round,
 replica_id]``; entries are ``[slot, value]``; accepted entries ``[slot,
-ballot, value]``.
+ballot, value]``. Besides the consensus messages a frame may carry a
+``WriteSet`` (type 64: the rows a leader's apply of one slot wrote, for its
+followers to install; ``ledger.write_set``).
 
 Every frame names the cluster and the sender, so a replica of another cluster
 (or a misconfigured address) is refused at once, and a message whose ``src``
@@ -46,6 +48,19 @@ from consensus.messages import (
     TimeoutNow,
 )
 
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriteSet(Message):
+    """The rows the sender's apply of chosen ``slot`` wrote (``ledger.write_set``):
+    not a consensus message, and never needed; see that module."""
+
+    slot: int
+    base_digest: bytes  # the state digest before the slot (32 bytes)
+    digest: bytes  # after it
+    rows: bytes  # the encoded write set
+
+
 WIRE_VERSION = 1
 FRAME_BYTES_MAX = 96 * 1024 * 1024  # above Config.message_bytes_max plus framing
 MESSAGES_PER_FRAME_MAX = 4096
@@ -67,7 +82,9 @@ TYPE_CODES: dict[type, int] = {
     TimeoutNow: 10,
     PreVote: 11,
     PreVoteReply: 12,
+    WriteSet: 64,
 }
+PEER_MESSAGE_TYPES = (*ALL_MESSAGE_TYPES, WriteSet)
 TYPES_BY_CODE = {code: cls for cls, code in TYPE_CODES.items()}
 
 
@@ -153,6 +170,11 @@ def _dec_slots(x: Any, name: str) -> tuple:
     return tuple(_dec_uint(s, f"{name}[{i}]") for i, s in enumerate(_dec_list(x, name)))
 
 
+def _dec_digest(x: Any, name: str) -> bytes:
+    _need(type(x) is bytes and len(x) == 32, f"{name}: expected 32 bytes")
+    return x
+
+
 def _dec_reason(x: Any, name: str) -> RejectReason:
     code = _dec_uint(x, name)
     try:
@@ -182,6 +204,10 @@ KINDS: dict[str, Kind] = {
     "seq": (_identity, _dec_uint),
     "leader_id": (_identity, _dec_uint),
     "reason": (int, _dec_reason),
+    "slot": (_identity, _dec_uint),
+    "base_digest": (_identity, _dec_digest),
+    "digest": (_identity, _dec_digest),
+    "rows": (_identity, _dec_bytes),
 }
 
 # Per type: the ordered (field name, encoder, decoder) list. Built from the
@@ -195,7 +221,7 @@ for _cls in TYPE_CODES:
             raise AssertionError(f"wire: no kind for {_cls.__name__}.{_f.name}")
         _fields.append((_f.name, *KINDS[_f.name]))
     _SCHEMAS[_cls] = tuple(_fields)
-if set(TYPE_CODES) != set(ALL_MESSAGE_TYPES):
+if set(TYPE_CODES) != set(PEER_MESSAGE_TYPES):
     raise AssertionError("wire: a consensus message type has no type code")
 
 

@@ -32,14 +32,15 @@ def _seeds(target: str) -> list[bytes]:
         import dataclasses
 
         from consensus.ballot import Ballot
-        from consensus.messages import ALL_MESSAGE_TYPES, RejectReason
+        from consensus.messages import RejectReason
         from ledger import wire
 
         values = {"src": 1, "dst": 2, "ballot": Ballot(3, 1), "promised": Ballot(3, 1), "transfer": False,
                   "granted": True, "reason": next(iter(RejectReason)), "transfer_from": Ballot(2, 1),
-                  "accepted": ((7, Ballot(2, 1), b"v" * 10),), "entries": ((7, b"w" * 10),), "slots": (1, 2)}
+                  "accepted": ((7, Ballot(2, 1), b"v" * 10),), "entries": ((7, b"w" * 10),), "slots": (1, 2),
+                  "base_digest": bytes(32), "digest": bytes(32), "rows": b"r" * 10}
         return [wire.encode_frame("c", 1, [cls(**{f.name: values.get(f.name, 5) for f in dataclasses.fields(cls)})])
-                for cls in ALL_MESSAGE_TYPES]
+                for cls in wire.PEER_MESSAGE_TYPES]
     if target == "batch":
         from ledger import commands as cmd
 

@@ -21,7 +21,7 @@ import pytest
 
 from cluster.local import LocalCluster
 from consensus.ballot import Ballot
-from consensus.messages import ALL_MESSAGE_TYPES, RejectReason
+from consensus.messages import RejectReason
 from ledger import wire
 from ledger.model import Account, Transfer
 from ledger.server_peers import send_frames
@@ -37,14 +37,14 @@ def _sample(cls, src: int, dst: int):
         "src": src, "dst": dst, "ballot": Ballot(3, src), "promised": Ballot(3, src), "transfer": False,
         "granted": False, "reason": next(iter(RejectReason)), "transfer_from": Ballot(2, src),
         "accepted": ((7, Ballot(2, src), b"v" * 40),), "entries": ((7, b"w" * 40), (8, b"")),
-        "slots": (1, 2, 3),
+        "slots": (1, 2, 3), "base_digest": bytes(32), "digest": bytes(32), "rows": b"r" * 40,
     }
     return cls(**{f.name: values.get(f.name, 5) for f in dataclasses.fields(cls)})
 
 
 def hostile_frames(cluster_id: str, sender: int, dst: int, rng: random.Random) -> list[bytes]:
     frames: list[bytes] = []
-    for cls in ALL_MESSAGE_TYPES:  # every strict prefix of a real frame (a prefix is never a whole frame)
+    for cls in wire.PEER_MESSAGE_TYPES:  # every strict prefix of a real frame (a prefix is never a whole frame)
         good = wire.encode_frame(cluster_id, sender, [_sample(cls, sender, dst)])
         frames += [good[:n] for n in range(len(good))]
     frames += [rng.randbytes(rng.randrange(0, 300)) for _ in range(RANDOM_FRAMES)]
@@ -122,7 +122,7 @@ def test_hostile_frames_and_bytes_leave_replicas_serving_and_state_unchanged(clu
         refused = metric(port, "ledger_peer_frames_refused_total", reason="malformed") - before
         assert refused >= len(frames) - 20, (rid, refused, len(frames))
         # A frame naming another cluster ends its connection, and the sender is told why.
-        other = wire.encode_frame("not-fz", 1, [_sample(ALL_MESSAGE_TYPES[0], 1, int(rid[1:]))])
+        other = wire.encode_frame("not-fz", 1, [_sample(wire.PEER_MESSAGE_TYPES[0], 1, int(rid[1:]))])
         refusal = _send(cluster, rid, [other])
         assert refusal is not None and refusal[0] == "cluster_id" and "cluster id" in refusal[1], refusal
         for target in (address, cluster.peer_addresses[rid]):
