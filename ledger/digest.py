@@ -7,11 +7,11 @@ hashes and the digest never needs a scan. Two replicas with the same rows have
 the same digest whatever order the rows were written in. H is BLAKE2b-256 with
 length-prefixed fields, so no two different rows share an input.
 
-Rows of ``PROJECTION_TABLES`` hash to 0: each of their rows is a projection
-of one digested transfer row (its timestamp, its debit or credit account id
-and its id), written by the same deterministic code in the same batch, so
-hashing them again would only cost time (3 of the ~6 row writes of a
-transfer). Two replicas whose digests agree hold the same transfers, hence
+Rows of ``PROJECTION_TABLES`` hash to 0: they are projections of the
+digested transfer rows (each transfer's timestamp and id, and per account
+the chain of its transfers: ``ledger.state_machine``), written by the same
+deterministic code in the same batch, so hashing them again would only cost
+time. Two replicas whose digests agree hold the same transfers, hence
 (unless the state machine itself is broken, which the simulator's checkers
 and a full comparison of rows catch) the same index rows.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 from hashlib import blake2b
 
 MODULUS = 1 << 256
-PROJECTION_TABLES = frozenset((b"transfers_by_ts", b"account_transfers"))
+PROJECTION_TABLES = frozenset((b"transfers_by_ts", b"account_transfers", b"account_last"))
 
 
 _PREFIXES: dict[tuple[bytes, int], bytes] = {}  # (table, key length) -> hash input prefix

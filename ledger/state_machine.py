@@ -38,8 +38,12 @@ Table layout (keys big-endian)::
 
     accounts           id16 -> account row (ledger.model)
     transfers          id16 -> transfer row (post/void: resolved values)
-    transfers_by_ts    ts8 -> id16
-    account_transfers  account id16 + ts8 -> transfer id16 (both sides)
+    transfers_by_ts    ts8 -> id16 + debit account's previous ts8 + credit
+                       account's previous ts8 (0: none)
+    account_last       account id16 -> ts8 of its last transfer + count u64
+    account_transfers  account id16 + ts8 -> transfer id16, for every
+                       CHECKPOINT_EVERY-th transfer of an account (its 1st,
+                       65th, ...)
     account_history    account id16 + ts8 -> 4 x u128 balances after (HISTORY)
     pending_expiry     expires_at ts8 + pending id16 -> b""
     pending_status     pending id16 -> status byte (codes.PendingStatus) +
@@ -47,6 +51,16 @@ Table layout (keys big-endian)::
     kv                 key -> version u64 + value
     meta               b"last_timestamp" -> u64; b"counters" -> batches,
                        commands, events (u64 each)
+
+An account's transfers form a chain, newest to oldest, through
+``transfers_by_ts`` from ``account_last``; ``account_transfers`` holds
+checkpoints into it, so a query starts at most CHECKPOINT_EVERY links from
+where it wants to be. A batch then writes one row at the end of
+``transfers_by_ts`` per transfer, and per account one ``account_last`` row
+and a checkpoint now and then, instead of two rows keyed by account and time:
+those land on random pages of a table that grows with the history, and a
+B-tree commit rewrites every page it touched (with 1,000-transfer batches
+after 300,000 transfers: ~51 KB written per transfer, ~5 KB with the chain).
 
 Queries (``lookup_accounts``, ``lookup_transfers``, ``get_account_transfers``,
 ``get_transfers``, ``get_account_balances``, ``kv_get``, ``kv_range``,
@@ -100,6 +114,10 @@ T_ACCOUNTS = b"accounts"
 T_TRANSFERS = b"transfers"
 T_TRANSFERS_BY_TS = b"transfers_by_ts"
 T_ACCOUNT_TRANSFERS = b"account_transfers"
+T_ACCOUNT_LAST = b"account_last"
+CHECKPOINT_EVERY = 64  # a power of two
+_CHECKPOINT_MASK = CHECKPOINT_EVERY - 1
+_NO_TS8 = bytes(8)
 T_ACCOUNT_HISTORY = b"account_history"
 T_PENDING_EXPIRY = b"pending_expiry"
 T_PENDING_STATUS = b"pending_status"
@@ -218,6 +236,9 @@ class _BatchApply:
         )
         self.accounts: dict[bytes, list] = {}
         self.accounts_loaded: dict[bytes, bytes | None] = {}
+        # Chain heads: account id -> [ts8 of its last transfer, transfer count].
+        self.last: dict[bytes, list] = {}
+        self.last_loaded: dict[bytes, bytes | None] = {}
         # Undo log of the open linked chain, None outside a chain. Entries:
         # (dict, key, previous value or _MISS) or (account list, old balances).
         self.undo: list | None = None
@@ -235,6 +256,40 @@ class _BatchApply:
             self.accounts[account_id] = a
             self.accounts_loaded[account_id] = row
         return a
+
+    def _last(self, account_id: bytes) -> list:
+        raw = self.tables.get(T_ACCOUNT_LAST, account_id)
+        entry = [raw[:8], int.from_bytes(raw[8:16], "big")] if raw is not None else [_NO_TS8, 0]
+        self.last[account_id] = entry
+        self.last_loaded[account_id] = raw
+        return entry
+
+    def _index(self, id_: bytes, ts8: bytes, dr_id: bytes, cr_id: bytes) -> None:
+        """Book a transfer's timestamp row and link it into both accounts' chains."""
+        last = self.last
+        dl = last.get(dr_id) or self._last(dr_id)
+        cl = last.get(cr_id) or self._last(cr_id)
+        undo = self.undo
+        if undo is None:
+            self.w_by_ts[ts8] = id_ + dl[0] + cl[0]
+            w = self.w_account_transfers
+            if not dl[1] & _CHECKPOINT_MASK:
+                w[dr_id + ts8] = id_
+            if not cl[1] & _CHECKPOINT_MASK:
+                w[cr_id + ts8] = id_
+        else:
+            undo.append((dl, dl[0:2]))
+            undo.append((cl, cl[0:2]))
+            put = self._put
+            put(self.w_by_ts, ts8, id_ + dl[0] + cl[0])
+            if not dl[1] & _CHECKPOINT_MASK:
+                put(self.w_account_transfers, dr_id + ts8, id_)
+            if not cl[1] & _CHECKPOINT_MASK:
+                put(self.w_account_transfers, cr_id + ts8, id_)
+        dl[0] = ts8
+        dl[1] += 1
+        cl[0] = ts8
+        cl[1] += 1
 
     def transfer_row(self, transfer_id: bytes) -> bytes | None:
         row = self.w_transfers.get(transfer_id, _MISS)
@@ -497,10 +552,7 @@ class _BatchApply:
                 dr[DPO] += amount
                 cr[CPO] += amount
             self.w_transfers[id_] = row
-            self.w_by_ts[ts8] = id_
-            w = self.w_account_transfers
-            w[dr_id + ts8] = id_
-            w[cr_id + ts8] = id_
+            self._index(id_, ts8, dr_id, cr_id)
             if pending and timeout:
                 self.w_expiry[(ts + timeout * NS_PER_S).to_bytes(8, "big") + id_] = b""
         else:
@@ -514,9 +566,7 @@ class _BatchApply:
                 cr[CPO] += amount
             put = self._put
             put(self.w_transfers, id_, row)
-            put(self.w_by_ts, ts8, id_)
-            put(self.w_account_transfers, dr_id + ts8, id_)
-            put(self.w_account_transfers, cr_id + ts8, id_)
+            self._index(id_, ts8, dr_id, cr_id)
             if pending and timeout:
                 put(self.w_expiry, (ts + timeout * NS_PER_S).to_bytes(8, "big") + id_, b"")
         if dr[FLAGS] & AF_HISTORY:
@@ -608,9 +658,7 @@ class _BatchApply:
                                 pending_id, ud128, ud64, ud32, 0, p_ledger, p_code, flags, ts)
         put = self._put
         put(self.w_transfers, id_, row)
-        put(self.w_by_ts, ts8, id_)
-        put(self.w_account_transfers, p_dr_id + ts8, id_)
-        put(self.w_account_transfers, p_cr_id + ts8, id_)
+        self._index(id_, ts8, p_dr_id, p_cr_id)
         status_byte = PendingStatus.VOIDED if void else PendingStatus.POSTED
         put(self.w_status, pending_id, bytes((status_byte,)) + id_)
         if p_timeout:
@@ -665,6 +713,15 @@ class _BatchApply:
                 changed.append((account_id, old, row))
         changed.sort()
         tables.replace_rows(T_ACCOUNTS, changed)
+        loaded = self.last_loaded
+        heads = []
+        for account_id, (ts8, count) in self.last.items():
+            row = ts8 + count.to_bytes(8, "big")
+            old = loaded[account_id]
+            if row != old and count:  # (0: a rolled-back chain's first transfer)
+                heads.append((account_id, old, row))
+        heads.sort()
+        tables.replace_rows(T_ACCOUNT_LAST, heads)
         for table, overlay in self.overlays:
             if table in _INSERT_ONLY:
                 tables.insert_rows(table, sorted(overlay.items()))
@@ -815,6 +872,15 @@ def _ts_bounds(account_id: int, timestamp_min: int, timestamp_max: int) -> tuple
     return start, None
 
 
+def _link(tables: Tables, prefix: bytes, ts8: bytes) -> tuple[bytes, bytes]:
+    """(transfer row, the account's previous ts8) of account ``prefix``'s transfer at ``ts8``."""
+    link = tables.get(T_TRANSFERS_BY_TS, ts8)
+    assert link is not None, "an account's chain names a missing timestamp"
+    row = tables.get(T_TRANSFERS, link[:16])
+    assert row is not None, "transfers_by_ts names a missing transfer"
+    return row, (link[16:24] if row[16:32] == prefix else link[24:32])
+
+
 def get_account_transfers(
     tables: Tables,
     account_id: int,
@@ -830,32 +896,73 @@ def get_account_transfers(
     Timestamps are inclusive bounds; ``timestamp_max`` 0 means no upper bound.
     Page by passing the last timestamp seen + 1 as ``timestamp_min`` (or - 1 as
     ``timestamp_max`` with ``reverse``). ``limit`` is capped at QUERY_LIMIT_MAX.
+
+    Walks the account's chain (module docstring): backwards from the first
+    checkpoint after ``timestamp_max`` (or the newest transfer); forwards one
+    stretch between checkpoints at a time, each walked backwards and turned.
     """
     limit = min(limit, QUERY_LIMIT_MAX)
     if limit <= 0 or not (debits or credits) or _id_key(account_id) is None:
         return []
     if timestamp_max and timestamp_min > timestamp_max:
         return []
-    start, end = _ts_bounds(account_id, timestamp_min, timestamp_max)
-    found: list[Transfer] = []
+    lo, hi = timestamp_min, timestamp_max or U64_MAX
     prefix = account_id.to_bytes(16, "big")
-    while len(found) < limit:
-        page = list(tables.range(T_ACCOUNT_TRANSFERS, start, end, limit, reverse))
-        for key, transfer_id in page:
-            row = tables.get(T_TRANSFERS, transfer_id)
-            assert row is not None, "account_transfers names a missing transfer"
-            if (debits and row[16:32] == prefix) or (credits and row[32:48] == prefix):
+    after = (account_id + 1).to_bytes(16, "big") if account_id < U128_MAX else None
+    head = tables.get(T_ACCOUNT_LAST, prefix)
+    if head is None:
+        return []
+    found: list[Transfer] = []
+
+    def wanted(row: bytes) -> bool:
+        return (debits and row[16:32] == prefix) or (credits and row[32:48] == prefix)
+
+    if reverse:
+        ts8 = head[:8]
+        if hi < U64_MAX:
+            nxt = list(tables.range(T_ACCOUNT_TRANSFERS, prefix + (hi + 1).to_bytes(8, "big"), after, 1))
+            if nxt:
+                ts8 = nxt[0][0][16:24]
+        while ts8 != _NO_TS8:
+            ts = int.from_bytes(ts8, "big")
+            if ts < lo:
+                break
+            row, prev = _link(tables, prefix, ts8)
+            if ts <= hi and wanted(row):
                 found.append(Transfer.unpack(row))
                 if len(found) == limit:
                     break
-        if len(page) < limit:
-            break
-        last = page[-1][0]
-        if reverse:
-            end = last
-        else:
-            start = last + b"\x00"
-    return found
+            ts8 = prev
+        return found
+
+    # Forwards: stretches ending at each checkpoint at or after lo, then the newest.
+    behind = lo - 1  # everything at or before this is done
+    start = prefix + lo.to_bytes(8, "big")
+    while True:
+        checkpoints = list(tables.range(T_ACCOUNT_TRANSFERS, start, after, 256))
+        ends = [key[16:24] for key, _ in checkpoints]
+        if len(checkpoints) < 256:
+            ends.append(head[:8])
+        for end8 in ends:
+            if int.from_bytes(end8, "big") <= behind:
+                continue
+            stretch = []
+            ts8 = end8
+            while ts8 != _NO_TS8 and int.from_bytes(ts8, "big") > behind:
+                row, prev = _link(tables, prefix, ts8)
+                stretch.append(row)
+                ts8 = prev
+            for row in reversed(stretch):
+                if int.from_bytes(row[120:128], "big") > hi:
+                    return found
+                if wanted(row):
+                    found.append(Transfer.unpack(row))
+                    if len(found) == limit:
+                        return found
+            behind = int.from_bytes(end8, "big")
+        if len(checkpoints) < 256:
+            return found
+        start = checkpoints[-1][0] + b"\x00"
 
 
 def get_transfers(
@@ -875,8 +982,8 @@ def get_transfers(
     start = timestamp_min.to_bytes(8, "big")
     end = (timestamp_max + 1).to_bytes(8, "big") if timestamp_max and timestamp_max < U64_MAX else None
     found = []
-    for _, transfer_id in tables.range(T_TRANSFERS_BY_TS, start, end, limit, reverse):
-        row = tables.get(T_TRANSFERS, transfer_id)
+    for _, link in tables.range(T_TRANSFERS_BY_TS, start, end, limit, reverse):
+        row = tables.get(T_TRANSFERS, link[:16])
         assert row is not None, "transfers_by_ts names a missing transfer"
         found.append(Transfer.unpack(row))
     return found

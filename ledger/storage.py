@@ -85,7 +85,7 @@ from consensus.ready import DurableState, Persist
 from ledger import digest as _digest
 from ledger.tables import TABLES
 
-FORMAT_VERSION = 2  # 2: the digest leaves out ledger.digest.PROJECTION_TABLES
+FORMAT_VERSION = 3  # 2: the digest leaves out ledger.digest.PROJECTION_TABLES; 3: account chains
 DEFAULT_MAP_SIZE_BYTES = 32 << 30  # address space only: the file grows as used
 KEY_BYTES_MAX = 511  # LMDB's compiled-in key limit
 _UNHASHED = _digest.PROJECTION_TABLES

@@ -22,12 +22,13 @@ TABLES = (
     b"accounts",  # account id (16 B) -> encoded account
     b"transfers",  # transfer id (16 B) -> encoded transfer
     b"transfers_by_ts",  # timestamp (8 B) -> transfer id
-    b"account_transfers",  # account id + timestamp -> transfer id
+    b"account_transfers",  # account id + timestamp -> transfer id (checkpoints)
     b"account_history",  # account id + timestamp -> balances after
     b"pending_expiry",  # expiry timestamp + transfer id -> b""
     b"pending_status",  # pending transfer id -> status byte + resolving id
     b"kv",  # user key -> version (8 B) + value
     b"meta",  # state machine metadata (last timestamp, ...)
+    b"account_last",  # account id -> timestamp of its last transfer + count
 )
 
 
