@@ -10,51 +10,19 @@ import random
 
 import pytest
 
-from ledger.commands import CreateAccounts, CreateTransfers, encode_batch
-from ledger.model import Account, Transfer, TransferFlags
+from ledger.model import Transfer
 from ledger.state_machine import CHECKPOINT_EVERY, LedgerStateMachine, get_account_transfers, get_transfers
 from ledger.tables import MemoryTables
+from ledger_histories import random_batches
 
-TF = TransferFlags
 ACCOUNTS = 5
 
 
 def _history(seed: int) -> tuple[MemoryTables, list[Transfer]]:
-    rng = random.Random(seed)
     tables = MemoryTables()
     sm = LedgerStateMachine(tables)
-    ts = 1_000_000_000
-    sm.apply_batch(encode_batch(ts, [CreateAccounts.of(Account(id=i, ledger=1, code=1)
-                                                       for i in range(1, ACCOUNTS + 1))]))
-    next_id = 1
-    pending: list[int] = []
-    for _ in range(40):
-        batch = []
-        for _ in range(rng.randrange(1, 40)):
-            dr = rng.randrange(1, ACCOUNTS + 1)
-            cr = rng.choice([a for a in range(1, ACCOUNTS + 1) if a != dr])
-            kind = rng.random()
-            if kind < 0.15:
-                batch.append(Transfer(id=next_id, debit_account_id=dr, credit_account_id=cr, amount=5,
-                                      ledger=1, code=1, flags=TF.PENDING, timeout=rng.choice([0, 1])))
-                pending.append(next_id)
-            elif kind < 0.25 and pending:
-                p = pending.pop(rng.randrange(len(pending)))
-                flag = TF.POST_PENDING_TRANSFER if rng.random() < 0.5 else TF.VOID_PENDING_TRANSFER
-                batch.append(Transfer(id=next_id, pending_id=p, flags=flag))
-            elif kind < 0.32:
-                # A linked pair whose second event fails: neither is booked.
-                batch.append(Transfer(id=next_id, debit_account_id=dr, credit_account_id=cr, amount=1,
-                                      ledger=1, code=1, flags=TF.LINKED))
-                next_id += 1
-                batch.append(Transfer(id=next_id, debit_account_id=dr, credit_account_id=ACCOUNTS + 9,
-                                      amount=1, ledger=1, code=1))
-            else:
-                batch.append(Transfer(id=next_id, debit_account_id=dr, credit_account_id=cr,
-                                      amount=rng.randrange(1, 100), ledger=1, code=1))
-            next_id += 1
-        ts += rng.choice([1_000, 2 * 10**9])  # now and then past a pending timeout
-        sm.apply_batch(encode_batch(ts, [CreateTransfers.of(batch)]))
+    for value in random_batches(seed, 60, ACCOUNTS):
+        sm.apply_batch(value)
     return tables, get_transfers(tables)
 
 
