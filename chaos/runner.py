@@ -406,7 +406,7 @@ def write_gaps(run_dir: Path, top: int = 10) -> list[dict]:
             try:
                 polls.append(json.loads(line))
             except ValueError:
-                pass
+                pass  # a line torn by the run's end: the polls before it still count
     names = {address: st["id"] for poll in polls for address, st in poll["replicas"].items() if st}
     out = []
     for gap, a, b in gaps:

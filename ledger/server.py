@@ -632,8 +632,9 @@ class Driver:
             )
             r.install_snapshot(index, memberships)
             self.applied_below = index
-            self._deferred = [(s, v) for s, v in self._deferred if s >= index]
-            self._take_write_sets([(index - 1, b"")])
+            self._deferred = []  # all below the snapshot: it is past our chosen point
+            self._deferred_at.clear()
+            self._take_write_sets(index)
             self.snapshots_installed += 1
             log(self.logger, logging.INFO, "snapshot installed", index=index,
                 seconds=round(time.monotonic() - started, 3))
@@ -768,13 +769,12 @@ class Driver:
             self._deferred_at.pop(slot, None)
         return queue[:n]
 
-    def _take_write_sets(self, committed) -> dict[int, WriteSet]:
-        """The held write sets of ``committed``'s slots (and none older)."""
+    def _take_write_sets(self, below: int) -> dict[int, WriteSet]:
+        """The held write sets of slots below ``below``, no longer held."""
         if not self._write_sets:
             return {}
-        last = committed[-1][0] if committed else -1
         taken = {}
-        for slot in [s for s in self._write_sets if s <= last]:
+        for slot in [s for s in self._write_sets if s < below]:
             ws = self._write_sets.pop(slot)
             self._write_set_bytes -= len(ws.rows)
             taken[slot] = ws
@@ -1062,7 +1062,7 @@ class Driver:
             early = [(s, v) for s, v in committed if s in self._inflight and s not in persisting]
         loop = asyncio.get_running_loop()
         leading = self.replica.role is Role.LEADER and self.transport is not None
-        write_sets = {} if leading else self._take_write_sets(committed)
+        write_sets = {} if leading else self._take_write_sets(new_applied)
         for slot in self._inflight:
             write_sets.pop(slot, None)  # our own writes need the batch's results
         recorded: list = []  # the leader's (slot, digest before, digest after, rows)
@@ -1111,8 +1111,8 @@ class Driver:
                     log(self.logger, logging.ERROR, "refused a leader's write set; running the batch",
                         error=str(e)[:300])
                     m = self.metrics
-                    m.labels(m.write_sets, outcome="refused").inc(len(write_sets))
-                    write_sets.clear()
+                    m.labels(m.write_sets, outcome="refused").inc()
+                    write_sets.clear()  # the step's other large slots count as executed
 
         if committed and late and not ready.persist.empty:
             await self._storage_step(ready.persist, None)

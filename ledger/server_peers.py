@@ -142,7 +142,7 @@ def _tune(sock: socket.socket | None) -> None:
         try:
             sock.setsockopt(level, option, value)
         except OSError:
-            pass
+            pass  # best effort: a kernel without the option still carries frames
 
 
 class WrongPeer(Exception):
@@ -190,7 +190,7 @@ def send_frames(address: str, frames: list[bytes], tls: TlsCredentials | None = 
             if not got:
                 return None
         except OSError:
-            pass
+            pass  # reset after the refusal: what arrived before it is read below
     if len(got) >= LENGTH_BYTES:
         n = int.from_bytes(got[:LENGTH_BYTES], "big")
         try:

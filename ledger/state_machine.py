@@ -713,11 +713,11 @@ class _BatchApply:
                 changed.append((account_id, old, row))
         changed.sort()
         tables.replace_rows(T_ACCOUNTS, changed)
-        loaded = self.last_loaded
+        heads_loaded = self.last_loaded
         heads = []
         for account_id, (ts8, count) in self.last.items():
             row = ts8 + count.to_bytes(8, "big")
-            old = loaded[account_id]
+            old = heads_loaded[account_id]
             if row != old and count:  # (0: a rolled-back chain's first transfer)
                 heads.append((account_id, old, row))
         heads.sort()

@@ -84,7 +84,7 @@ def test_random_bytes_never_raise_anything_else():
         try:
             write_set.decode(bytes(blob[: rng.randrange(len(blob) + 1)]))
         except write_set.WriteSetError:
-            pass
+            pass  # the one exception decode may raise
 
 
 def test_a_write_set_that_does_not_fit_is_refused_and_the_step_writes_nothing(tmp_path):
