@@ -211,6 +211,22 @@ def _ids(raw_ids, what: str) -> list[int]:
     return [u128(r, f"ids[{i}]") for i, r in enumerate(raw_ids)]
 
 
+def accounts_command(request) -> cmd.CreateAccounts:
+    """The command of a CreateAccountsRequest, validated."""
+    if request.packed:
+        return cmd.CreateAccounts(_packed_rows(request.packed, len(request.accounts), "CreateAccounts"))
+    _batch_size(len(request.accounts), "CreateAccounts")
+    return cmd.CreateAccounts.of([account_from_pb(a, i) for i, a in enumerate(request.accounts)])
+
+
+def transfers_command(request) -> cmd.CreateTransfers:
+    """The command of a CreateTransfersRequest, validated."""
+    if request.packed:
+        return cmd.CreateTransfers(_packed_rows(request.packed, len(request.transfers), "CreateTransfers"))
+    _batch_size(len(request.transfers), "CreateTransfers")
+    return cmd.CreateTransfers(transfer_rows(request.transfers))
+
+
 # Field 1 (index) of EventResult, by index: ``results`` of a full batch are
 # encoded from these and the per-code tails below, not built as one Python
 # protobuf object per event (that took ~4 us an event on the event loop).
@@ -310,21 +326,12 @@ class _Base:
 class LedgerService(_Base, pb_grpc.LedgerServicer):
     @_guard
     async def CreateAccounts(self, request, context):
-        if request.packed:
-            command = cmd.CreateAccounts(_packed_rows(request.packed, len(request.accounts), "CreateAccounts"))
-        else:
-            _batch_size(len(request.accounts), "CreateAccounts")
-            command = cmd.CreateAccounts.of([account_from_pb(a, i) for i, a in enumerate(request.accounts)])
-        return await self._create(command, context, CreateAccountResult, pb.CreateAccountsResponse)
+        return await self._create(accounts_command(request), context, CreateAccountResult,
+                                  pb.CreateAccountsResponse)
 
     @_guard
     async def CreateTransfers(self, request, context):
-        if request.packed:
-            rows = _packed_rows(request.packed, len(request.transfers), "CreateTransfers")
-        else:
-            _batch_size(len(request.transfers), "CreateTransfers")
-            rows = transfer_rows(request.transfers)
-        return await self._create(cmd.CreateTransfers(rows), context, CreateTransferResult,
+        return await self._create(transfers_command(request), context, CreateTransferResult,
                                   pb.CreateTransfersResponse)
 
     async def _create(self, command, context, enum, response_type):
@@ -334,6 +341,9 @@ class LedgerService(_Base, pb_grpc.LedgerServicer):
         failures = codes or ()  # the state machine's sparse (index, code) list
         self._count_results(failures, enum)
         return response_type.FromString(_results_wire(n, failures, enum))
+
+    async def Submit(self, request_iterator, context):
+        await _WriteStream(self, context).run()
 
     @_guard
     async def LookupAccounts(self, request, context):
@@ -385,6 +395,138 @@ class LedgerService(_Base, pb_grpc.LedgerServicer):
                 for b in found
             ]
         )
+
+
+# ---------------------------------------------------------------- Ledger.Submit
+
+# Writes of one stream submitted and not yet answered; past this the stream
+# reads no further frames until answers go out (HTTP/2 flow control then
+# holds the client back).
+STREAM_WRITES_UNANSWERED_MAX = 4096
+
+
+class _WriteStream:
+    """One ``Ledger.Submit`` stream: many writes, each answered on its own.
+
+    Each write of a frame goes through the same validation and the same
+    ``Driver.enqueue`` as the unary call of the same name, with no task of
+    its own: its future's callback encodes the answer into ``out``, and one
+    writer task sends what has gathered as one frame, so writes finished by
+    one slot go back together. A write that fails as a whole is answered
+    with a ``WriteError`` carrying what a unary call would have failed with
+    (``errors.status_of``); the stream goes on. When the stream ends (the
+    client went away, or a frame did not parse), its unanswered writes are
+    abandoned: the driver no longer proposes them, and those already
+    proposed land or not as any write whose caller went away."""
+
+    def __init__(self, service: LedgerService, context) -> None:
+        self.service = service
+        self.driver = service.driver
+        self.context = context
+        self.out: list[bytes] = []  # encoded WriteResponse messages not yet sent
+        self.unanswered: dict[int, object] = {}  # id -> the driver's PendingWrite
+        self._ready = asyncio.Event()  # ``out`` has something, or the stream closes
+        self._room = asyncio.Event()  # fewer unanswered than the maximum (or none, at the end)
+        self._room.set()
+        self._closing = False
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._send_answers())
+        try:
+            while True:
+                if len(self.unanswered) >= STREAM_WRITES_UNANSWERED_MAX:
+                    self._room.clear()
+                    await self._room.wait()
+                frame = await self.context.read()
+                if frame is grpc.aio.EOF:
+                    break
+                if type(frame) is not pb.WriteRequests:  # server_auth.RefusedRequest
+                    self._count_error(grpc.StatusCode.INVALID_ARGUMENT)
+                    await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, frame.message)
+                for request in frame.requests:
+                    self._start(request)
+            # The client sent its last frame: answer what it still waits for.
+            while self.unanswered:
+                self._room.clear()
+                await self._room.wait()
+            self._closing = True
+            self._ready.set()
+            await writer
+        finally:
+            writer.cancel()
+            for write in self.unanswered.values():
+                write.abandoned = True
+                write.future.cancel()
+            self.unanswered.clear()
+
+    def _start(self, request) -> None:
+        rid = request.id
+        try:
+            if rid in self.unanswered:
+                raise errors.InvalidArgument(f"write id {rid} is already in progress on this stream")
+            which = request.WhichOneof("write")
+            if which == "create_transfers":
+                command, enum = transfers_command(request.create_transfers), CreateTransferResult
+            elif which == "create_accounts":
+                command, enum = accounts_command(request.create_accounts), CreateAccountResult
+            else:
+                raise errors.InvalidArgument("a write request names no write (create_accounts or create_transfers)")
+            n = len(command.events) // ROW_BYTES
+            deadline = time.monotonic() + request.timeout_ms / 1000 if request.timeout_ms else None
+            write = self.driver.enqueue(command, n, len(command.events), deadline)
+        except errors.LedgerError as e:
+            self._answer_error(rid, e)
+            return
+        self.unanswered[rid] = write
+        write.future.add_done_callback(functools.partial(self._done, rid, n, enum, write.arrived))
+
+    def _done(self, rid: int, n: int, enum, arrived: float, future: asyncio.Future) -> None:
+        write = self.unanswered.pop(rid, None)
+        if write is None:
+            return  # the stream ended; nobody waits for this answer
+        if len(self.unanswered) < STREAM_WRITES_UNANSWERED_MAX or not self.unanswered:
+            self._room.set()
+        m = self.driver.metrics
+        m.labels(m.request_latency).observe(time.monotonic() - arrived)
+        if future.cancelled():
+            write.abandoned = True
+            self._answer_error(rid, errors.DeadlineExceeded(errors.DEADLINE_PASSED))
+            return
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, errors.LedgerError):
+                raise error  # a bug: let the loop's handler report it
+            self._answer_error(rid, error)
+            return
+        failures = future.result() or ()
+        self.service._count_results(failures, enum)
+        self._push(_results_wire(n, failures, enum) + b"\x10" + varint(rid))
+
+    def _answer_error(self, rid: int, error: errors.LedgerError) -> None:
+        code, metadata = errors.status_of(error)
+        self._count_error(code)
+        self._push(pb.WriteResponse(id=rid, error=pb.WriteError(
+            status=code.value[0], message=error.message, metadata=dict(metadata))).SerializeToString())
+
+    def _count_error(self, code: grpc.StatusCode) -> None:
+        m = self.driver.metrics
+        m.labels(m.errors, code=code.name).inc()
+
+    def _push(self, response: bytes) -> None:
+        self.out.append(b"\x0a" + varint(len(response)) + response)
+        self._ready.set()
+
+    async def _send_answers(self) -> None:
+        while True:
+            if not self.out:
+                if self._closing:
+                    return
+                await self._ready.wait()
+                self._ready.clear()
+                continue
+            out, self.out = self.out, []
+            # Wire bytes built above, parsed once for gRPC's serializer.
+            await self.context.write(pb.WriteResponses.FromString(b"".join(out)))
 
 
 # ---------------------------------------------------------------- KV

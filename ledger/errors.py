@@ -85,6 +85,12 @@ class DeadlineExceeded(LedgerError):
     pass
 
 
+DEADLINE_PASSED = (
+    "the deadline passed before the write was applied; it may still land: "
+    "retry with the same ids (they make the retry idempotent)"
+)
+
+
 # The one mapping between the hierarchy and gRPC status codes.
 STATUS_CODES: dict[type[LedgerError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -133,3 +139,14 @@ def from_status(code: grpc.StatusCode, details: str, metadata) -> LedgerError | 
         grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     }.get(code)
     return fallback(details) if fallback else None
+
+
+_STATUS_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_write_error(error) -> LedgerError | None:
+    """The error a client raises for one write of a ``Ledger.Submit`` stream
+    answered with a ``WriteError`` (its status, message and metadata are those
+    of ``status_of``); None: not one of ours."""
+    code = _STATUS_BY_NUMBER.get(error.status, grpc.StatusCode.UNKNOWN)
+    return from_status(code, error.message, tuple(error.metadata.items()))

@@ -352,8 +352,14 @@ class Driver:
 
     # ------------------------------------------------------------ client entry points
 
-    async def submit(self, command: Any, events: int, nbytes: int, deadline: float | None) -> Any:
-        """Order ``command`` and return its result from the state machine."""
+    def enqueue(self, command: Any, events: int, nbytes: int, deadline: float | None) -> PendingWrite:
+        """Queue ``command`` for ordering; its ``future`` gets the result from
+        the state machine, or an exception. Raises at once (nothing queued)
+        if this replica cannot take it now.
+
+        The deadline cancels the future (the driver skips a done one); so does
+        the caller's cancellation. Either way the write is abandoned: not
+        proposed if it was not yet."""
         self._check_serving()
         if deadline is not None and deadline <= time.monotonic():
             raise errors.DeadlineExceeded("the deadline had passed when the request arrived; nothing was done")
@@ -374,21 +380,21 @@ class Driver:
         self._queue.append(write)
         self._queue_events += events
         self._wake.set()
-        # The deadline cancels the future (the driver skips a done one); so
-        # does the caller's cancellation. Either way the write is abandoned.
-        timer = loop.call_later(max(0.0, deadline - now), write.future.cancel) if deadline is not None else None
+        if deadline is not None:
+            timer = loop.call_later(max(0.0, deadline - now), write.future.cancel)
+            write.future.add_done_callback(lambda _f: timer.cancel())
+        return write
+
+    async def submit(self, command: Any, events: int, nbytes: int, deadline: float | None) -> Any:
+        """Order ``command`` and return its result from the state machine."""
+        write = self.enqueue(command, events, nbytes, deadline)
         try:
             return await write.future
         except asyncio.CancelledError:
             write.abandoned = True
-            raise errors.DeadlineExceeded(
-                "the deadline passed before the write was applied; it may still land: "
-                "retry with the same ids (they make the retry idempotent)"
-            ) from None
+            raise errors.DeadlineExceeded(errors.DEADLINE_PASSED) from None
         finally:
-            if timer is not None:
-                timer.cancel()
-            self.metrics.labels(self.metrics.request_latency).observe(time.monotonic() - now)
+            self.metrics.labels(self.metrics.request_latency).observe(time.monotonic() - write.arrived)
 
     async def read_barrier(self, deadline: float | None) -> None:
         """Return once a linearizable read may run on the local committed state."""

@@ -34,7 +34,8 @@ Refusals answer UNAUTHENTICATED or PERMISSION_DENIED and are counted in
 
 Limits enforced here as well: a public request (anything but a peer call)
 above ``PUBLIC_REQUEST_BYTES_MAX`` is refused before it is parsed, and one
-that does not parse is refused with INVALID_ARGUMENT (not INTERNAL); the
+that does not parse is refused with INVALID_ARGUMENT (not INTERNAL); for a
+stream, each message is (its handler ends the stream with that status); the
 server's HTTP/2 ``max_concurrent_streams`` bounds the requests one connection
 can have in progress (``server.py``).
 
@@ -191,14 +192,27 @@ async def _result(value):
     return value
 
 
-class _Refused:
-    """A request refused before its handler runs: too large, or not a valid message."""
+class RefusedRequest:
+    """A request refused before its handler runs: too large, or not a valid message.
+
+    A unary call's is answered INVALID_ARGUMENT here; a stream's handler
+    (``ledger.api``) reads it in place of the frame and ends the stream."""
 
     __slots__ = ("nbytes", "error")
 
     def __init__(self, nbytes: int, error: str) -> None:
         self.nbytes = nbytes
         self.error = error
+
+    @property
+    def reason(self) -> str:
+        return "malformed_request" if self.error else "request_too_large"
+
+    @property
+    def message(self) -> str:
+        if self.error:
+            return f"the request is not a valid protobuf message ({self.error})"
+        return f"a request of {self.nbytes} bytes is above the limit of {PUBLIC_REQUEST_BYTES_MAX} bytes; split it"
 
 
 class Authorizer(grpc.aio.ServerInterceptor):
@@ -256,30 +270,25 @@ class Authorizer(grpc.aio.ServerInterceptor):
 
         async def check(request, context) -> None:
             verdict = deny(context, roles)
-            if verdict is None and type(request) is _Refused:
-                if request.error:
-                    verdict = (grpc.StatusCode.INVALID_ARGUMENT,
-                               f"the request is not a valid protobuf message ({request.error})", "malformed_request")
-                else:
-                    verdict = (grpc.StatusCode.INVALID_ARGUMENT,
-                               f"a request of {request.nbytes} bytes is above the limit of "
-                               f"{PUBLIC_REQUEST_BYTES_MAX} bytes; split it", "request_too_large")
+            if verdict is None and type(request) is RefusedRequest:
+                verdict = (grpc.StatusCode.INVALID_ARGUMENT, request.message, request.reason)
             if verdict is not None:
                 code, message, reason = verdict
                 labels(refused, reason=reason).inc()
                 await context.abort(code, message)
 
         deserializer = handler.request_deserializer
-        if bounded and deserializer is not None and not handler.request_streaming:
+        if bounded and deserializer is not None:
+            # Each message of a stream too: its handler reads the refusal.
             inner_deserializer = deserializer
 
             def deserializer(raw: bytes, _inner=inner_deserializer, _max=PUBLIC_REQUEST_BYTES_MAX):
                 if len(raw) > _max:
-                    return _Refused(len(raw), "")
+                    return RefusedRequest(len(raw), "")
                 try:
                     return _inner(raw)
                 except Exception as e:  # protobuf's DecodeError: answer INVALID_ARGUMENT, not INTERNAL
-                    return _Refused(len(raw), f"{type(e).__name__}: {e}")
+                    return RefusedRequest(len(raw), f"{type(e).__name__}: {e}")
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary
