@@ -5,7 +5,9 @@ next replica when one is down or has no leader, backs off on
 RESOURCE_EXHAUSTED, retries a timed-out write with the very same request (same
 event ids: idempotent), refuses to blindly retry a non-idempotent KV
 operation whose outcome is unknown, raises request errors at once, and the
-Batcher packs concurrent single events into few requests.
+Batcher packs concurrent single events into few requests. Writes are tried
+both ways the client sends them: as messages of a Ledger.Submit stream (the
+default) and as unary calls.
 """
 
 from __future__ import annotations
@@ -56,10 +58,45 @@ class FakeLedger(pb_grpc.LedgerServicer, pb_grpc.KVServicer):
             for i in range(len(request.transfers) or len(request.packed) // 128)
         ])
 
+    async def Submit(self, request_iterator, context):
+        """Each write of the stream runs the script as a unary call would, concurrently."""
+        lock = asyncio.Lock()
+        tasks = []
+
+        async def one(write):
+            request = getattr(write, write.WhichOneof("write"))
+            self.requests.append(request)
+            try:
+                await self._act(_WriteContext())
+                answer = pb.WriteResponse(id=write.id, results=[
+                    pb.EventResult(index=i, code=0, name="ok") for i in range(len(request.packed) // 128)])
+            except _Aborted as e:
+                answer = pb.WriteResponse(id=write.id, error=pb.WriteError(
+                    status=e.code.value[0], message=e.details, metadata=dict(e.metadata)))
+            async with lock:
+                await context.write(pb.WriteResponses(responses=[answer]))
+
+        while (frame := await context.read()) is not grpc.aio.EOF:
+            tasks += [asyncio.ensure_future(one(w)) for w in frame.requests]
+        await asyncio.gather(*tasks)
+
     async def CompareAndSet(self, request, context):
         self.requests.append(request)
         await self._act(context)
         return pb.CompareAndSetResponse(ok=True, version=7)
+
+
+class _Aborted(Exception):
+    def __init__(self, code, details, metadata):
+        super().__init__(details)
+        self.code, self.details, self.metadata = code, details, metadata
+
+
+class _WriteContext:
+    """What ``FakeLedger._act`` needs of a context, for one write of a stream."""
+
+    async def abort(self, code, details, trailing_metadata=()):
+        raise _Aborted(code, details, trailing_metadata)
 
 
 async def _serve(fake):
@@ -75,14 +112,15 @@ def _transfer(i=1):
     return Transfer(id=i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1)
 
 
-def test_follows_redirect_to_the_named_leader():
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "unary"])
+def test_follows_redirect_to_the_named_leader(streams):
     async def run():
         leader = FakeLedger()
         s2, leader_addr = await _serve(leader)
         follower = FakeLedger([("redirect", leader_addr)])
         s1, follower_addr = await _serve(follower)
         try:
-            async with AsyncClient([follower_addr]) as c:
+            async with AsyncClient([follower_addr], streams=streams) as c:
                 results = await c.create_transfers([_transfer()])
                 assert [r.name for r in results] == ["ok"]
                 assert len(leader.requests) == 1 and len(follower.requests) == 1
@@ -96,12 +134,13 @@ def test_follows_redirect_to_the_named_leader():
     asyncio.run(run())
 
 
-def test_tries_the_next_replica_when_one_is_down_or_leaderless():
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "unary"])
+def test_tries_the_next_replica_when_one_is_down_or_leaderless(streams):
     async def run():
         good = FakeLedger(["no-leader"])
         s, good_addr = await _serve(good)
         try:
-            async with AsyncClient(["127.0.0.1:1", good_addr], timeout_s=10) as c:
+            async with AsyncClient(["127.0.0.1:1", good_addr], timeout_s=10, streams=streams) as c:
                 results = await c.create_transfers([_transfer()])
                 assert [r.name for r in results] == ["ok"]
                 assert len(good.requests) == 2  # no leader known at first, then served
@@ -111,12 +150,13 @@ def test_tries_the_next_replica_when_one_is_down_or_leaderless():
     asyncio.run(run())
 
 
-def test_backs_off_on_resource_exhausted_and_retries_same_ids_after_timeout():
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "unary"])
+def test_backs_off_on_resource_exhausted_and_retries_same_ids_after_timeout(streams):
     async def run():
         fake = FakeLedger(["busy", "slow", "ok"])
         s, addr = await _serve(fake)
         try:
-            async with AsyncClient([addr], timeout_s=10, attempt_timeout_s=0.3) as c:
+            async with AsyncClient([addr], timeout_s=10, attempt_timeout_s=0.3, streams=streams) as c:
                 results = await c.create_transfers([_transfer(41), _transfer(42)])
                 assert [r.name for r in results] == ["ok", "ok"]
                 assert len(fake.requests) == 3
@@ -129,12 +169,13 @@ def test_backs_off_on_resource_exhausted_and_retries_same_ids_after_timeout():
     asyncio.run(run())
 
 
-def test_request_errors_are_raised_at_once():
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "unary"])
+def test_request_errors_are_raised_at_once(streams):
     async def run():
         fake = FakeLedger(["invalid"])
         s, addr = await _serve(fake)
         try:
-            async with AsyncClient([addr]) as c:
+            async with AsyncClient([addr], streams=streams) as c:
                 with pytest.raises(errors.InvalidArgument, match="17 bytes"):
                     await c.create_transfers([_transfer()])
                 assert len(fake.requests) == 1
@@ -162,17 +203,35 @@ def test_non_idempotent_kv_is_not_retried_blindly():
     asyncio.run(run())
 
 
-def test_batcher_packs_concurrent_events():
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "unary"])
+def test_batcher_packs_concurrent_events(streams):
     async def run():
         fake = FakeLedger()
         s, addr = await _serve(fake)
         try:
-            async with AsyncClient([addr]) as c:
+            async with AsyncClient([addr], streams=streams) as c:
                 batcher = Batcher(c, events_max=100, linger_s=0.01)
                 results = await asyncio.gather(*(batcher.create_transfer(_transfer(i)) for i in range(1, 251)))
                 assert all(r.name == "ok" for r in results)
                 assert len(fake.requests) == 3  # 100 + 100 + 50
                 assert sorted(len(r.packed) // 128 for r in fake.requests) == [50, 100, 100]
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_falls_back_to_unary_calls_where_the_stream_is_unimplemented():
+    class UnaryOnly(FakeLedger):
+        Submit = pb_grpc.LedgerServicer.Submit  # answers UNIMPLEMENTED
+
+    async def run():
+        fake = UnaryOnly()
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr]) as c:
+                assert [r.name for r in await c.create_transfers([_transfer()])] == ["ok"]
+                assert c.streams is False and len(fake.requests) == 1
         finally:
             await s.stop(None)
 

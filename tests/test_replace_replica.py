@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-from cluster_harness import LocalCluster, wait_until
+from cluster_harness import LocalCluster, running_with_accounts, wait_until
 from ledger.client import Client
-from ledger.model import Account, Transfer
+from ledger.model import Transfer
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -85,14 +85,8 @@ def cluster():
     c = LocalCluster(3, joiners=1, primary_zone="dc1", extra_toml=(
         f"[snapshot]\nevery_slots = {EVERY_SLOTS}\nkeep_slots = {KEEP_SLOTS}\n\n[timing]\nprimary_hold_ms = 1000\n"
     ))
-    try:
-        c.start()
-        with c.client() as client:
-            assert [r.name for r in client.create_accounts(
-                [Account(id=i, ledger=LEDGER, code=1) for i in (A, B)])] == ["ok", "ok"]
+    with running_with_accounts(c, LEDGER, (A, B)):
         yield c
-    finally:
-        c.stop()
 
 
 def _ledgerctl(cluster, *args: str) -> dict:
