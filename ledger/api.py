@@ -426,7 +426,7 @@ class _WriteStream:
         self.out: list[bytes] = []  # encoded WriteResponse messages not yet sent
         self.unanswered: dict[int, object] = {}  # id -> the driver's PendingWrite
         self._ready = asyncio.Event()  # ``out`` has something, or the stream closes
-        self._room = asyncio.Event()  # fewer unanswered than the maximum (or none, at the end)
+        self._room = asyncio.Event()  # an answer went out since the reader last looked
         self._room.set()
         self._closing = False
 
@@ -484,8 +484,7 @@ class _WriteStream:
         write = self.unanswered.pop(rid, None)
         if write is None:
             return  # the stream ended; nobody waits for this answer
-        if len(self.unanswered) < STREAM_WRITES_UNANSWERED_MAX or not self.unanswered:
-            self._room.set()
+        self._room.set()  # the reader looks again: below the maximum, or none left at the end
         m = self.driver.metrics
         m.labels(m.request_latency).observe(time.monotonic() - arrived)
         if future.cancelled():

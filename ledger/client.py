@@ -96,7 +96,7 @@ def _expire(future: asyncio.Future) -> None:
         future.set_exception(asyncio.TimeoutError())
 
 
-class _SubmitStream:
+class SubmitStream:
     """One ``Ledger.Submit`` stream to one replica, shared by all callers.
 
     ``submit`` queues an encoded ``WriteRequest`` with a fresh id and waits
@@ -176,6 +176,12 @@ class _SubmitStream:
             if not future.done():
                 future.set_exception(self.failure)
         self.waiting.clear()
+        # The other half ends too (the client drops a failed stream for a new one).
+        self.call.cancel()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
 
     async def close(self) -> None:
         self.call.cancel()
@@ -279,7 +285,7 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._streams: dict[str, _SubmitStream] = {}
+        self._streams: dict[str, SubmitStream] = {}
         self.streams = streams  # writes over Ledger.Submit streams (False: unary calls)
         self._leader: str | None = None
         self._next = 0
@@ -312,10 +318,10 @@ class AsyncClient:
     def _stub(self, address: str, service: str):
         return _STUBS[service](self._channel(address))
 
-    def _stream(self, address: str) -> _SubmitStream:
+    def _stream(self, address: str) -> SubmitStream:
         stream = self._streams.get(address)
         if stream is None or stream.failure is not None:
-            stream = self._streams[address] = _SubmitStream(self._channel(address))
+            stream = self._streams[address] = SubmitStream(self._channel(address))
         return stream
 
     async def _submit(self, target: str, field: int, request, timeout_s: float):
