@@ -9,7 +9,10 @@ data directory on this disk, synced LMDB) and measures, from one client
 process (asyncio, one gRPC channel to the leader):
 
 * single-transfer clients: 1, 16 and 64 concurrent callers, each sending one
-  transfer per request and waiting for its answer;
+  transfer per request and waiting for its answer, once with one unary
+  ``CreateTransfers`` RPC per request and once with each request one message
+  of a shared ``Ledger.Submit`` stream (what ``ledger.client`` sends; each
+  request is still its own command with its own results);
 * batched clients: 4 concurrent callers sending 1,000 (and, in the full run,
   8,000) transfers per request;
 * the full run also repeats the batched load over 200,000 accounts (the
@@ -49,7 +52,7 @@ import grpc
 
 from cluster.local import LocalCluster, wait_until
 from ledger.api_proto import pb, varint
-from ledger.client import AsyncClient, Batcher
+from ledger.client import AsyncClient, Batcher, SubmitStream
 from ledger.model import Account, Transfer
 
 LEDGER = 1
@@ -59,6 +62,7 @@ REPLICAS = 3
 FSYNC = "on: LMDB synced commit on every replica (sync=True)"
 _CREATE_TRANSFERS = "/ledgerdb.v1.Ledger/CreateTransfers"
 _CREATE_ACCOUNTS = "/ledgerdb.v1.Ledger/CreateAccounts"
+_TRANSFERS_FIELD = 4  # WriteRequest.create_transfers
 _U128_ONE = (1).to_bytes(16, "big")
 _ATTEMPT_TIMEOUT_S = 30.0
 _ATTEMPTS_MAX = 30
@@ -144,6 +148,8 @@ class Leader:
         self.old_channels: list[grpc.aio.Channel] = []  # other workers may still be using them
         self.address = ""
         self.errors = 0
+        self.stream: SubmitStream | None = None  # Ledger.Submit on ``stream_channel``
+        self.stream_channel: grpc.aio.Channel | None = None
 
     async def find(self) -> None:
         rid = await asyncio.to_thread(self.cluster.wait_leader)
@@ -159,16 +165,34 @@ class Leader:
             self.accounts = self.channel.unary_unary(
                 _CREATE_ACCOUNTS, response_deserializer=pb.CreateAccountsResponse.FromString)
 
+    def _stream(self) -> SubmitStream:
+        if self.stream is None or self.stream.failure is not None or self.stream_channel is not self.channel:
+            self.stream = SubmitStream(self.channel)
+            self.stream_channel = self.channel
+        return self.stream
+
+    async def _over_stream(self, request: bytes, timeout: float):
+        """CreateTransfers as one message of the leader's Ledger.Submit stream."""
+        response = await self._stream().submit(_TRANSFERS_FIELD, request, timeout)
+        if response.HasField("error"):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if response.error.status == 8 else grpc.StatusCode.UNAVAILABLE
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), response.error.message)
+        return response
+
     async def call(self, method: str, request: bytes, events: int):
+        """``method``: "transfers" or "accounts" (unary), or "stream" (transfers over Ledger.Submit)."""
         for attempt in range(_ATTEMPTS_MAX):
             try:
-                response = await getattr(self, method)(request, timeout=_ATTEMPT_TIMEOUT_S)
-            except grpc.aio.AioRpcError as e:
+                if method == "stream":
+                    response = await self._over_stream(request, _ATTEMPT_TIMEOUT_S)
+                else:
+                    response = await getattr(self, method)(request, timeout=_ATTEMPT_TIMEOUT_S)
+            except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
                 self.errors += 1
                 if attempt == _ATTEMPTS_MAX - 1:
                     raise
                 await asyncio.sleep(0.02 * (attempt + 1))
-                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if getattr(e, "code", lambda: None)() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     await self.find()  # an election (counted in the results)
                 continue  # the same ids again: answered ok or exists
             results = response.results
@@ -179,6 +203,8 @@ class Leader:
             return
 
     async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
         for channel in self.old_channels + [self.channel]:
             if channel is not None:
                 await channel.close()
@@ -201,7 +227,7 @@ async def _create_accounts(cluster: LocalCluster, first: int, count: int) -> Non
 
 
 async def _load(cluster: LocalCluster, concurrency: int, batch: int, seconds: float, ids: Ids,
-                accounts: int, batcher: bool = False, packed: bool = True) -> dict:
+                accounts: int, batcher: bool = False, packed: bool = True, stream: bool = False) -> dict:
     latencies: list[float] = []
     transfers = 0
     encoder = TransferEncoder(accounts, packed)
@@ -225,12 +251,13 @@ async def _load(cluster: LocalCluster, concurrency: int, batch: int, seconds: fl
             else:
                 request = encoder.request(r, w)
                 t0 = time.perf_counter()
-                await leader.call("transfers", request, batch)
+                await leader.call(method, request, batch)
             latencies.append(time.perf_counter() - t0)
             transfers += batch
 
+    method = "stream" if stream else "transfers"
     # Warm up the channel (and the leader's caches) first.
-    await leader.call("transfers", encoder.request(ids.take(batch), 0), batch)
+    await leader.call(method, encoder.request(ids.take(batch), 0), batch)
     stop_at = time.monotonic() + seconds
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
@@ -243,6 +270,8 @@ async def _load(cluster: LocalCluster, concurrency: int, batch: int, seconds: fl
         "clients": concurrency, "batch_size": batch, "batcher": batcher, "accounts": accounts,
         "replicas": REPLICAS, "fsync": FSYNC, "seconds": round(elapsed, 2),
         "encoding": "Batcher (packed rows)" if batcher else "packed rows" if packed else "Transfer messages",
+        "transport": "Ledger.Submit stream, one message per request" if stream or batcher
+        else "one unary RPC per request",
         "requests": len(latencies), "transfers": transfers,
         "transfers_per_s": round(transfers / elapsed),
         "p50_ms": round(_percentile(latencies, 0.50) * 1e3, 2),
@@ -303,11 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 5.0)
     gap_rounds = args.gap_rounds if args.gap_rounds is not None else (3 if args.quick else 10)
-    # (clients, events per request, through Batcher, accounts)
-    scenarios = [(1, 1, False, ACCOUNTS), (16, 1, False, ACCOUNTS), (64, 1, False, ACCOUNTS),
-                 (4, 1000, False, ACCOUNTS)]
+    # (clients, events per request, through Batcher, accounts, over the Ledger.Submit stream)
+    singles = [(n, 1, False, ACCOUNTS, stream) for n in ((1, 64) if args.quick else (1, 16, 64))
+               for stream in (False, True)]
+    scenarios = singles + [(4, 1000, False, ACCOUNTS, False)]
     if not args.quick:
-        scenarios += [(4, 8000, False, ACCOUNTS), (256, 1, True, ACCOUNTS), (4, 1000, False, ACCOUNTS_LARGE)]
+        scenarios += [(4, 8000, False, ACCOUNTS, False), (256, 1, True, ACCOUNTS, True),
+                      (4, 1000, False, ACCOUNTS_LARGE, False)]
 
     started = time.time()
     cluster = LocalCluster(REPLICAS, cluster_id="bench")
@@ -329,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'clients':>7} {'events/req':>10} {'accounts':>9} {'transfers/s':>12} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'requests':>9} {'load':>5}", flush=True)
         ballot_before = _leader_ballot(cluster)
-        for concurrency, batch, batcher, accounts in scenarios:
+        for concurrency, batch, batcher, accounts, stream in scenarios:
             if accounts > accounts_made:
                 t0 = time.monotonic()
                 asyncio.run(_create_accounts(cluster, accounts_made + 1, accounts - accounts_made))
@@ -337,10 +368,10 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 accounts_made = accounts
             row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher,
-                                    args.encoding == "packed"))
+                                    args.encoding == "packed", stream))
             row["leader_ballot_after"] = _leader_ballot(cluster)  # which scenario an election fell in
             results["load"].append(row)
-            how = " (Batcher)" if batcher else ""
+            how = " (Batcher)" if batcher else "  stream" if stream else "  unary"
             print(f"{concurrency:>7} {batch:>10} {accounts:>9} {row['transfers_per_s']:>12} {row['p50_ms']:>8.2f} "
                   f"{row['p99_ms']:>8.2f} {row['requests']:>9} {row['load_average'][1]:>5.1f}{how}", flush=True)
         ballot_after = _leader_ballot(cluster)
@@ -374,15 +405,23 @@ def _summarize(results: dict, seconds: float, gap_rounds: int) -> None:
         results["batched_transfers_per_s"] = best["transfers_per_s"]
         results["batched_conditions"] = dict(base, clients=best["clients"], batch_size=best["batch_size"],
                                              accounts=best["accounts"])
-    single = [r for r in rows if r["batch_size"] == 1 and r["clients"] == 64 and not r["batcher"]]
-    if single:
-        results["single_transfers_per_s"] = single[0]["transfers_per_s"]
-        results["single_p99_ms"] = single[0]["p99_ms"]
-        results["single_conditions"] = dict(base, clients=64, batch_size=1, accounts=single[0]["accounts"])
-    one = [r for r in rows if r["batch_size"] == 1 and r["clients"] == 1]
-    if one:
-        results["single_client_p50_ms"] = one[0]["p50_ms"]
-        results["single_client_conditions"] = dict(base, clients=1, batch_size=1, accounts=one[0]["accounts"])
+    # Single-transfer figures: the headline keys over the Ledger.Submit stream
+    # (what ledger.client sends), the same keys with "_unary" over one RPC each.
+    for suffix, streamed in (("", True), ("_unary", False)):
+        single = [r for r in rows if r["batch_size"] == 1 and r["clients"] == 64 and not r["batcher"]
+                  and r["transport"].startswith("Ledger.Submit") == streamed]
+        if single:
+            results[f"single{suffix}_transfers_per_s"] = single[0]["transfers_per_s"]
+            results[f"single{suffix}_p99_ms"] = single[0]["p99_ms"]
+            results[f"single{suffix}_conditions"] = dict(base, clients=64, batch_size=1, accounts=single[0]["accounts"],
+                                                         transport=single[0]["transport"])
+        one = [r for r in rows if r["batch_size"] == 1 and r["clients"] == 1
+               and r["transport"].startswith("Ledger.Submit") == streamed]
+        if one:
+            results[f"single_client{suffix}_p50_ms"] = one[0]["p50_ms"]
+            results[f"single_client{suffix}_conditions"] = dict(base, clients=1, batch_size=1,
+                                                                accounts=one[0]["accounts"],
+                                                                transport=one[0]["transport"])
     large = [r for r in rows if r["accounts"] == ACCOUNTS_LARGE]
     small = [r for r in rows if r["accounts"] == ACCOUNTS and r["clients"] == 4 and r["batch_size"] == 1000]
     if large and small:
@@ -403,6 +442,8 @@ def _summarize(results: dict, seconds: float, gap_rounds: int) -> None:
     print("summary")
     for key, unit in (("batched_transfers_per_s", "/s"), ("single_transfers_per_s", "/s"),
                       ("single_p99_ms", " ms"), ("single_client_p50_ms", " ms"),
+                      ("single_unary_transfers_per_s", "/s"), ("single_unary_p99_ms", " ms"),
+                      ("single_client_unary_p50_ms", " ms"),
                       ("failover_ms_median", " ms"), ("failover_ms_max", " ms")):
         if key in results:
             print(f"  {key:<26} {results[key]}{unit}")
