@@ -19,8 +19,10 @@ process (asyncio, one gRPC channel to the leader):
   account-count scaling check) and 256 callers through ``ledger.client.Batcher``;
 * the write gap after a leader SIGKILL: a writer sends one transfer at a
   time through ``AsyncClient`` (leader discovery and retries included); the
-  leader is killed; the gap is the time between the last answer before the
-  kill and the first answer after it. Repeated ``--gap-rounds`` times, the
+  leader is killed; the gap is the largest time between two consecutive
+  answers from the last answer before the kill through the 20th after it (an
+  answer already on its way when the leader died may arrive just after the
+  kill; the outage follows it). Repeated ``--gap-rounds`` times, the
   killed replica restarted and caught up in between. Elections other than the
   ones the kills cause are counted (``spurious_leader_changes``).
 
@@ -305,12 +307,16 @@ async def _gap_round(cluster: LocalCluster, ids: Ids) -> float:
     stop.set()
     await task
     await client.close()
-    before = max(a for a in answers if a <= killed_at[0])
-    after = min(a for a in answers if a > killed_at[0])
+    # The largest gap between consecutive answers from the last one before
+    # the kill through the 20th after it: an answer already on its way when
+    # the leader died arrives after the kill, and the outage follows it.
+    first_after = next(i for i, a in enumerate(answers) if a > killed_at[0])
+    around = answers[max(0, first_after - 1):first_after + 20]
+    gap = max(b - a for a, b in zip(around, around[1:]))
     await asyncio.to_thread(cluster.restart, leader)
     await asyncio.to_thread(lambda: wait_until(lambda: leader in cluster.statuses(), 30, "restart"))
     await asyncio.to_thread(cluster.wait_converged)
-    return after - before
+    return gap
 
 
 def _leader_ballot(cluster: LocalCluster) -> str:
