@@ -177,7 +177,8 @@ class Leader:
         """CreateTransfers as one message of the leader's Ledger.Submit stream."""
         response = await self._stream().submit(_TRANSFERS_FIELD, request, timeout)
         if response.HasField("error"):
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED if response.error.status == 8 else grpc.StatusCode.UNAVAILABLE
+            busy = response.error.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE
             raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), response.error.message)
         return response
 
