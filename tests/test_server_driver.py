@@ -250,7 +250,10 @@ def test_leader_answers_a_chosen_write_before_its_apply_is_written():
                     Transfer(id=8, debit_account_id=1, credit_account_id=1, amount=5, ledger=1, code=1),
                 ])
                 result = await asyncio.wait_for(d.submit(transfer, 2, len(transfer.events), None), 10)
-                assert held.is_set() and storage.applied_below == at_hold[0], (
+                # The answer leaves from inside the apply (call_soon_threadsafe),
+                # so the storage thread may set ``held`` just after it arrives;
+                # either way that step cannot finish before ``release``.
+                assert await asyncio.to_thread(held.wait, 10) and storage.applied_below == at_hold[0], (
                     "the answer came only after the apply was written"
                 )
                 applied_before = at_hold[0]
