@@ -14,6 +14,7 @@ booked exactly once.
 from __future__ import annotations
 
 import asyncio
+import random
 
 import grpc
 import pytest
@@ -169,5 +170,40 @@ def test_concurrent_callers_share_one_stream_and_book_once(cluster):
             after = {a.id: a for a in await client.lookup_accounts([A, B])}
             assert after[A].debits_posted - before[A].debits_posted == len(ids)
             assert after[B].credits_posted - before[B].credits_posted == len(ids)
+
+    asyncio.run(run())
+
+
+def test_garbage_frames_end_only_their_own_stream(cluster):
+    """Seeded random bytes as frames: each stream that gets one ends with
+    INVALID_ARGUMENT (or, for bytes that happen to parse, answers per write),
+    and the replica keeps serving writes on a new stream."""
+
+    async def run():
+        rng = random.Random(8)
+        leader = await asyncio.to_thread(cluster.wait_leader)
+        channel = grpc.aio.insecure_channel(cluster.addresses[leader])
+        try:
+            for i in range(20):
+                garbage = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+                call = channel.stream_stream(SUBMIT, response_deserializer=pb.WriteResponses.FromString)()
+                await call.write(garbage)
+                await call.done_writing()
+                try:
+                    while await asyncio.wait_for(call.read(), 30) is not grpc.aio.EOF:
+                        pass  # it parsed: its writes were answered one by one
+                    assert await call.code() == grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (i, garbage.hex(), e)
+            fresh, writer = _open(cluster.addresses[leader])
+            try:
+                await writer.write(pb.WriteRequests(requests=[_write(1, _transfer(73_001))]))
+                (answer,) = (await _answers(writer, 1))[1]
+                assert [r.name for r in answer.results] == ["ok"]
+                writer.cancel()
+            finally:
+                await fresh.close()
+        finally:
+            await channel.close()
 
     asyncio.run(run())
