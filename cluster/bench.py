@@ -1,6 +1,6 @@
 """Benchmark a local three-replica cluster: throughput, latency, and the write gap after a leader SIGKILL.
 
-    python -m cluster.bench [--quick] [--seconds 5] [--gap-rounds 10] [--out bench/results.json]
+    python -m cluster.bench [--quick] [--seconds 5] [--repeat 3] [--gap-rounds 10] [--out bench/results.json]
     make bench          # the full run; JSON to $BENCH_JSON (default bench/results.json)
     make bench-quick    # a shorter run (under two minutes)
 
@@ -36,8 +36,11 @@ which the leader parses one by one. Every answer is checked: each event must
 be ``ok`` (or ``exists`` after a retry).
 
 Figures depend on the machine: on 2 shared cores all three replicas and the
-client compete for CPU, and every write is fsynced on every replica. The
-load average is recorded with each figure; repeat runs and compare medians.
+client compete for CPU, and every write is fsynced on every replica, and
+two runs of one scenario minutes apart can differ by a third. So the full
+run measures every load scenario ``--repeat`` times (3), in rounds of all
+scenarios, and reports each scenario's median run (the JSON keeps every
+run under ``runs``); the load average is recorded with each run.
 """
 
 from __future__ import annotations
@@ -320,6 +323,23 @@ async def _gap_round(cluster: LocalCluster, ids: Ids) -> float:
     return gap
 
 
+_RUN_KEYS = ("transfers_per_s", "p50_ms", "p99_ms", "requests", "client_errors", "load_average",
+             "leader_ballot_after")
+
+
+def _median_run(rows: list[dict]) -> dict:
+    """The run with the median throughput (the lower middle one of an even count)."""
+    ordered = sorted(rows, key=lambda r: r["transfers_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _print_row(row: dict, scenario: tuple, tail: str = "") -> None:
+    concurrency, batch, batcher, accounts, stream = scenario
+    how = " (Batcher)" if batcher else "  stream" if stream else "  unary"
+    print(f"{concurrency:>7} {batch:>10} {accounts:>9} {row['transfers_per_s']:>12} {row['p50_ms']:>8.2f} "
+          f"{row['p99_ms']:>8.2f} {row['requests']:>9} {row['load_average'][1]:>5.1f}{how}{tail}", flush=True)
+
+
 def _leader_ballot(cluster: LocalCluster) -> str:
     rid = cluster.wait_leader()
     return str(cluster.statuses()[rid].ballot)
@@ -330,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter scenarios (under two minutes)")
     parser.add_argument("--seconds", type=float, help="duration of each load run (default 5; quick 3)")
     parser.add_argument("--gap-rounds", type=int, help="leader kills (default 10; quick 3)")
+    parser.add_argument("--repeat", type=int,
+                        help="runs of every load scenario, in rounds; figures are each one's median run "
+                             "(default 3; quick 1)")
     parser.add_argument("--encoding", choices=("packed", "messages"), default="packed",
                         help="CreateTransfers as packed 128-byte rows (default) or one Transfer message each")
     parser.add_argument("--tick-ms", type=int,
@@ -339,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 5.0)
     gap_rounds = args.gap_rounds if args.gap_rounds is not None else (3 if args.quick else 10)
+    repeat = args.repeat or (1 if args.quick else 3)
     # (clients, events per request, through Batcher, accounts, over the Ledger.Submit stream)
     singles = [(n, 1, False, ACCOUNTS, stream) for n in ((1, 64) if args.quick else (1, 16, 64))
                for stream in (False, True)]
@@ -355,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "mode": "quick" if args.quick else "full", "started_unix": round(started),
         "load_average_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-        "tick_ms": args.tick_ms or "default", "encoding": args.encoding, "load": [], "write_gap_ms": [],
+        "tick_ms": args.tick_ms or "default", "encoding": args.encoding, "repeat": repeat, "load": [],
+        "write_gap_ms": [],
     }
     print(f"bench ({results['mode']}): {REPLICAS} replicas on loopback, fsync {FSYNC}; "
           f"load average {results['load_average_start'][0]:.2f} on {os.cpu_count()} cores", flush=True)
@@ -367,20 +392,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'clients':>7} {'events/req':>10} {'accounts':>9} {'transfers/s':>12} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'requests':>9} {'load':>5}", flush=True)
         ballot_before = _leader_ballot(cluster)
-        for concurrency, batch, batcher, accounts, stream in scenarios:
-            if accounts > accounts_made:
-                t0 = time.monotonic()
-                asyncio.run(_create_accounts(cluster, accounts_made + 1, accounts - accounts_made))
-                print(f"(created {accounts - accounts_made} more accounts in {time.monotonic() - t0:.1f} s)",
-                      flush=True)
-                accounts_made = accounts
-            row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher,
-                                    args.encoding == "packed", stream))
-            row["leader_ballot_after"] = _leader_ballot(cluster)  # which scenario an election fell in
+        # Rounds of every scenario in turn (not one scenario N times in a row),
+        # so that a slow spell of the box spreads over scenarios; each figure
+        # reported is the scenario's median run.
+        runs: list[list[dict]] = [[] for _ in scenarios]
+        for round_ in range(repeat):
+            if repeat > 1:
+                print(f"-- round {round_ + 1} of {repeat}", flush=True)
+            for i, (concurrency, batch, batcher, accounts, stream) in enumerate(scenarios):
+                if accounts > accounts_made:
+                    t0 = time.monotonic()
+                    asyncio.run(_create_accounts(cluster, accounts_made + 1, accounts - accounts_made))
+                    print(f"(created {accounts - accounts_made} more accounts in {time.monotonic() - t0:.1f} s)",
+                          flush=True)
+                    accounts_made = accounts
+                row = asyncio.run(_load(cluster, concurrency, batch, seconds, ids, accounts, batcher,
+                                        args.encoding == "packed", stream))
+                row["leader_ballot_after"] = _leader_ballot(cluster)  # which scenario an election fell in
+                runs[i].append(row)
+                _print_row(row, scenarios[i])
+        for i, scenario_runs in enumerate(runs):
+            row = dict(_median_run(scenario_runs))
+            row["runs"] = [{k: r[k] for k in _RUN_KEYS} for r in scenario_runs]
             results["load"].append(row)
-            how = " (Batcher)" if batcher else "  stream" if stream else "  unary"
-            print(f"{concurrency:>7} {batch:>10} {accounts:>9} {row['transfers_per_s']:>12} {row['p50_ms']:>8.2f} "
-                  f"{row['p99_ms']:>8.2f} {row['requests']:>9} {row['load_average'][1]:>5.1f}{how}", flush=True)
+        if repeat > 1:
+            print(f"-- medians of {repeat} runs (transfers/s min-max in brackets)", flush=True)
+            for i, row in enumerate(results["load"]):
+                spread = [r["transfers_per_s"] for r in row["runs"]]
+                _print_row(row, scenarios[i], f" [{min(spread)}-{max(spread)}]")
         ballot_after = _leader_ballot(cluster)
         results["spurious_leader_changes"] = int(ballot_after != ballot_before)
         results["leader_ballot_before_after_load"] = [ballot_before, ballot_after]
