@@ -399,10 +399,12 @@ class LedgerService(_Base, pb_grpc.LedgerServicer):
 
 # ---------------------------------------------------------------- Ledger.Submit
 
-# Writes of one stream submitted and not yet answered; past this the stream
-# reads no further frames until answers go out (HTTP/2 flow control then
-# holds the client back).
+# Writes of one stream not yet answered, or answered but not yet sent; at
+# this many the stream reads no further writes until answers go out (HTTP/2
+# flow control then holds the client back). A frame of answers carries at
+# most about STREAM_ANSWER_FRAME_BYTES_MAX.
 STREAM_WRITES_UNANSWERED_MAX = 4096
+STREAM_ANSWER_FRAME_BYTES_MAX = 4 * 1024 * 1024
 
 
 class _WriteStream:
@@ -411,13 +413,14 @@ class _WriteStream:
     Each write of a frame goes through the same validation and the same
     ``Driver.enqueue`` as the unary call of the same name, with no task of
     its own: its future's callback encodes the answer into ``out``, and one
-    writer task sends what has gathered as one frame, so writes finished by
-    one slot go back together. A write that fails as a whole is answered
-    with a ``WriteError`` carrying what a unary call would have failed with
+    writer task sends what has gathered as frames, so writes finished by one
+    slot go back together. A write that fails as a whole is answered with a
+    ``WriteError`` carrying what a unary call would have failed with
     (``errors.status_of``); the stream goes on. When the stream ends (the
-    client went away, or a frame did not parse), its unanswered writes are
-    abandoned: the driver no longer proposes them, and those already
-    proposed land or not as any write whose caller went away."""
+    client went away, a frame did not parse, or the answers could not be
+    sent), its unanswered writes are abandoned: the driver no longer
+    proposes them, and those already proposed land or not as any write
+    whose caller went away."""
 
     def __init__(self, service: LedgerService, context) -> None:
         self.service = service
@@ -425,18 +428,21 @@ class _WriteStream:
         self.context = context
         self.out: list[bytes] = []  # encoded WriteResponse messages not yet sent
         self.unanswered: dict[int, object] = {}  # id -> the driver's PendingWrite
+        self.unsent = 0  # answers in ``out`` or being sent
         self._ready = asyncio.Event()  # ``out`` has something, or the stream closes
-        self._room = asyncio.Event()  # an answer went out since the reader last looked
-        self._room.set()
+        self._room = asyncio.Event()  # an answer was given or sent since the reader last looked
         self._closing = False
+
+    def _full(self) -> bool:
+        return len(self.unanswered) + self.unsent >= STREAM_WRITES_UNANSWERED_MAX
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._send_answers())
+        me = asyncio.current_task()
+        # Answers that cannot go out end the stream (its writes are then abandoned).
+        writer.add_done_callback(lambda t: me.cancel() if not t.cancelled() and t.exception() else None)
         try:
             while True:
-                if len(self.unanswered) >= STREAM_WRITES_UNANSWERED_MAX:
-                    self._room.clear()
-                    await self._room.wait()
                 frame = await self.context.read()
                 if frame is grpc.aio.EOF:
                     break
@@ -444,6 +450,9 @@ class _WriteStream:
                     self._count_error(grpc.StatusCode.INVALID_ARGUMENT)
                     await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, frame.message)
                 for request in frame.requests:
+                    while self._full():
+                        self._room.clear()
+                        await self._room.wait()
                     self._start(request)
             # The client sent its last frame: answer what it still waits for.
             while self.unanswered:
@@ -494,7 +503,13 @@ class _WriteStream:
         error = future.exception()
         if error is not None:
             if not isinstance(error, errors.LedgerError):
-                raise error  # a bug: let the loop's handler report it
+                # A bug: answer as a unary call would (UNKNOWN), then let the
+                # loop's handler report it.
+                self._count_error(grpc.StatusCode.UNKNOWN)
+                self._push(pb.WriteResponse(id=rid, error=pb.WriteError(
+                    status=grpc.StatusCode.UNKNOWN.value[0],
+                    message=f"the replica failed: {type(error).__name__}")).SerializeToString())
+                raise error
             self._answer_error(rid, error)
             return
         failures = future.result() or ()
@@ -513,6 +528,7 @@ class _WriteStream:
 
     def _push(self, response: bytes) -> None:
         self.out.append(b"\x0a" + varint(len(response)) + response)
+        self.unsent += 1
         self._ready.set()
 
     async def _send_answers(self) -> None:
@@ -523,9 +539,18 @@ class _WriteStream:
                 await self._ready.wait()
                 self._ready.clear()
                 continue
-            out, self.out = self.out, []
+            n, size = 0, 0
+            for n, part in enumerate(self.out):
+                if n and size + len(part) > STREAM_ANSWER_FRAME_BYTES_MAX:
+                    break
+                size += len(part)
+            else:
+                n = len(self.out)
+            frame, self.out = b"".join(self.out[:n]), self.out[n:]
             # Wire bytes built above, parsed once for gRPC's serializer.
-            await self.context.write(pb.WriteResponses.FromString(b"".join(out)))
+            await self.context.write(pb.WriteResponses.FromString(frame))
+            self.unsent -= n
+            self._room.set()
 
 
 # ---------------------------------------------------------------- KV

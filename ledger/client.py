@@ -91,6 +91,24 @@ _CREATE_TRANSFERS_FIELD = 4
 STREAM_FRAME_BYTES_MAX = 2 * 1024 * 1024
 
 
+# A stream's own status that is about the caller, not about one write: kept.
+_STREAM_STATUSES_KEPT = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                         grpc.StatusCode.UNIMPLEMENTED)
+
+
+def _stream_failure(error: BaseException) -> grpc.aio.AioRpcError:
+    """What the callers of a failed stream get. The writes on it may or may
+    not have landed, whatever ended the stream (the replica went away, a
+    peer's frame limit, a cancelled call): UNAVAILABLE, which the client
+    retries with the same ids, unless the stream was refused for who the
+    caller is or the replica has no such method."""
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in _STREAM_STATUSES_KEPT:
+        return error
+    detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else repr(error)
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                f"the write stream failed ({detail}); the writes on it may or may not have landed")
+
+
 def _expire(future: asyncio.Future) -> None:
     if not future.done():
         future.set_exception(asyncio.TimeoutError())
@@ -99,16 +117,19 @@ def _expire(future: asyncio.Future) -> None:
 class SubmitStream:
     """One ``Ledger.Submit`` stream to one replica, shared by all callers.
 
-    ``submit`` queues an encoded ``WriteRequest`` with a fresh id and waits
-    for the answer with that id; one writer task sends what has queued as
-    few frames as fit, one reader task hands each answer to its caller. When
-    the stream fails, every caller waiting on it gets the failure (the
-    client's retry loop then opens a new one)."""
+    ``submit`` queues a write with a fresh id and waits for the answer with
+    that id; one writer task sends what has queued as few frames as fit
+    (a write whose caller stopped waiting is dropped there, not sent), one
+    reader task hands each answer to its caller. When the stream fails,
+    every caller waiting on it gets the failure as UNAVAILABLE, an outcome
+    unknown that the client retries (but for an identity refused, or a
+    replica without the method), and the client opens a new stream."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = channel.stream_stream(_SUBMIT, response_deserializer=pb.WriteResponses.FromString)()
         self.waiting: dict[int, asyncio.Future] = {}
-        self.queue: list[bytes] = []
+        # (id, WriteRequest field, request bytes, monotonic deadline, the caller's future)
+        self.queue: list[tuple[int, int, bytes, float, asyncio.Future]] = []
         self.next_id = 1
         self.failure: BaseException | None = None
         self._wake = asyncio.Event()
@@ -120,12 +141,9 @@ class SubmitStream:
             raise self.failure
         rid = self.next_id
         self.next_id += 1
-        timeout_ms = max(1, int(timeout_s * 1000))
-        body = b"".join((b"\x08", varint(rid), b"\x10", varint(timeout_ms),
-                         bytes((field << 3 | 2,)), varint(len(request)), request))
         loop = asyncio.get_running_loop()
         future = self.waiting[rid] = loop.create_future()
-        self.queue.append(b"\x0a" + varint(len(body)) + body)
+        self.queue.append((rid, field, request, time.monotonic() + timeout_s, future))
         self._wake.set()
         timer = loop.call_later(timeout_s, _expire, future)
         try:
@@ -134,21 +152,38 @@ class SubmitStream:
             timer.cancel()
             self.waiting.pop(rid, None)
 
+    def _frame(self) -> bytes:
+        """The next frame of queued writes still awaited, each with the time
+        its caller has left (so a write that waited here is not given its
+        whole timeout again by the replica)."""
+        now = time.monotonic()
+        parts: list[bytes] = []
+        size = 0
+        while self.queue:
+            rid, field, request, deadline, future = self.queue[0]
+            if future.done() or deadline <= now:
+                self.queue.pop(0)
+                continue
+            timeout_ms = max(1, int((deadline - now) * 1000))
+            body = b"".join((b"\x08", varint(rid), b"\x10", varint(timeout_ms),
+                             bytes((field << 3 | 2,)), varint(len(request)), request))
+            part = b"\x0a" + varint(len(body)) + body
+            if parts and size + len(part) > STREAM_FRAME_BYTES_MAX:
+                break
+            self.queue.pop(0)
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
+
     async def _write(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.queue:
-                    size, n = 0, 0
-                    for n, part in enumerate(self.queue):
-                        if n and size + len(part) > STREAM_FRAME_BYTES_MAX:
-                            break
-                        size += len(part)
-                    else:
-                        n = len(self.queue)
-                    frame, self.queue = b"".join(self.queue[:n]), self.queue[n:]
-                    await self.call.write(frame)
+                    frame = self._frame()
+                    if frame:
+                        await self.call.write(frame)
         except (Exception, asyncio.CancelledError) as e:  # the stream is done: its callers get why
             self._fail(e)
 
@@ -169,13 +204,12 @@ class SubmitStream:
 
     def _fail(self, error: BaseException) -> None:
         if self.failure is None:
-            self.failure = error if isinstance(error, grpc.aio.AioRpcError) else grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                f"the write stream failed: {error!r}")
+            self.failure = _stream_failure(error)
         for future in self.waiting.values():
             if not future.done():
                 future.set_exception(self.failure)
         self.waiting.clear()
+        self.queue.clear()
         # The other half ends too (the client drops a failed stream for a new one).
         self.call.cancel()
         current = asyncio.current_task()
@@ -287,6 +321,7 @@ class AsyncClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, SubmitStream] = {}
         self.streams = streams  # writes over Ledger.Submit streams (False: unary calls)
+        self._unary_only: set[str] = set()  # replicas that answered UNIMPLEMENTED to Submit
         self._leader: str | None = None
         self._next = 0
         self.retries = 0  # attempts beyond the first, for tests and benchmarks
@@ -326,6 +361,12 @@ class AsyncClient:
 
     async def _submit(self, target: str, field: int, request, timeout_s: float):
         """One write over ``target``'s stream, as a unary call would answer it."""
+        events = len(request.packed) // 128
+        if events > EVENTS_PER_REQUEST_MAX:
+            # Refused here: on the stream it would end every caller's writes.
+            raise errors.BatchTooLarge(
+                f"{events} events is above the limit of {EVENTS_PER_REQUEST_MAX} per request; "
+                "split the batch (ledger.client.Batcher does this)")
         try:
             response = await self._stream(target).submit(field, request.SerializeToString(), timeout_s)
         except asyncio.TimeoutError:
@@ -380,7 +421,7 @@ class AsyncClient:
             if attempt:
                 self.retries += 1
             attempt += 1
-            via_stream = stream_field and self.streams
+            via_stream = stream_field and self.streams and target not in self._unary_only
             try:
                 if via_stream:
                     response = await self._submit(target, stream_field, request,
@@ -398,7 +439,7 @@ class AsyncClient:
                     code, details = e.code(), e.details() or ""
                     err = errors.from_status(code, details, e.trailing_metadata())
                     if via_stream and code == grpc.StatusCode.UNIMPLEMENTED:
-                        self.streams = False  # a replica without Ledger.Submit: unary calls
+                        self._unary_only.add(target)  # a replica without Ledger.Submit: unary calls
                         continue
                 last = err or e
                 if isinstance(err, errors.NotLeader):

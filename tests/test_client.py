@@ -13,13 +13,14 @@ default) and as unary calls.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
 
 from ledger import errors
 from ledger.api_proto import pb, pb_grpc
-from ledger.client import AsyncClient, Batcher
+from ledger.client import AsyncClient, Batcher, SubmitStream
 from ledger.model import Transfer
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,6 +78,9 @@ class FakeLedger(pb_grpc.LedgerServicer, pb_grpc.KVServicer):
                 await context.write(pb.WriteResponses(responses=[answer]))
 
         while (frame := await context.read()) is not grpc.aio.EOF:
+            if self.script and self.script[0] == "end-stream":
+                self.script.pop(0)  # the whole stream fails, as a peer's frame limit would end it
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "frame larger than max")
             tasks += [asyncio.ensure_future(one(w)) for w in frame.requests]
         await asyncio.gather(*tasks)
 
@@ -231,8 +235,70 @@ def test_falls_back_to_unary_calls_where_the_stream_is_unimplemented():
         try:
             async with AsyncClient([addr]) as c:
                 assert [r.name for r in await c.create_transfers([_transfer()])] == ["ok"]
-                assert c.streams is False and len(fake.requests) == 1
+                assert c._unary_only == {addr} and len(fake.requests) == 1
         finally:
             await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_a_failed_stream_is_retried_on_a_new_one_whatever_ended_it():
+    """Writes on a stream that ended are of unknown outcome: UNAVAILABLE to
+    their callers (even when the stream ended with INVALID_ARGUMENT, which
+    is about a frame, not about any one write), so the same request is sent
+    again on a new stream."""
+
+    async def run():
+        fake = FakeLedger(["end-stream"])
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr], timeout_s=10) as c:
+                assert [r.name for r in await c.create_transfers([_transfer(5)])] == ["ok"]
+                assert c.retries == 1 and len(fake.requests) == 1
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_an_oversized_write_is_refused_before_it_reaches_the_shared_stream():
+    async def run():
+        fake = FakeLedger()
+        s, addr = await _serve(fake)
+        try:
+            async with AsyncClient([addr]) as c:
+                with pytest.raises(errors.BatchTooLarge, match="8190"):
+                    await c.create_transfers([_transfer(i) for i in range(1, 8192)])
+                assert fake.requests == []
+        finally:
+            await s.stop(None)
+
+    asyncio.run(run())
+
+
+def test_a_write_its_caller_gave_up_on_is_not_sent_and_the_rest_carry_their_time_left():
+    class Call:
+        def cancel(self):
+            pass
+
+    class Channel:
+        def stream_stream(self, *args, **kwargs):
+            return lambda: Call()
+
+    async def run():
+        stream = SubmitStream(Channel())
+        for task in stream._tasks:
+            task.cancel()  # drive _frame by hand
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        gone, late, live = loop.create_future(), loop.create_future(), loop.create_future()
+        gone.cancel()
+        request = pb.CreateTransfersRequest(packed=_transfer().pack()).SerializeToString()
+        stream.queue = [(1, 4, request, now + 5, gone), (2, 4, request, now - 1, late),
+                        (3, 4, request, now + 0.5, live)]
+        frame = pb.WriteRequests.FromString(stream._frame())
+        assert [w.id for w in frame.requests] == [3] and stream.queue == []
+        assert 1 <= frame.requests[0].timeout_ms <= 500
+        assert frame.requests[0].create_transfers.SerializeToString() == request
 
     asyncio.run(run())

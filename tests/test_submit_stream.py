@@ -207,3 +207,25 @@ def test_garbage_frames_end_only_their_own_stream(cluster):
             await channel.close()
 
     asyncio.run(run())
+
+
+def test_a_frame_with_more_writes_than_a_stream_may_have_unanswered_is_answered_whole(cluster):
+    """The replica takes the writes of one frame only as room frees up (at
+    most api.STREAM_WRITES_UNANSWERED_MAX unanswered or unsent at a time),
+    and answers every one of them."""
+    from ledger.api import STREAM_WRITES_UNANSWERED_MAX
+
+    async def run():
+        n = STREAM_WRITES_UNANSWERED_MAX + 904
+        leader = await asyncio.to_thread(cluster.wait_leader)
+        channel, call = _open(cluster.addresses[leader])
+        try:
+            await call.write(pb.WriteRequests(requests=[_write(i, _transfer(80_000 + i)) for i in range(1, n + 1)]))
+            got = await _answers(call, n)
+            assert sorted(got) == list(range(1, n + 1))
+            assert all([r.name for r in rs[0].results] == ["ok"] for rs in got.values())
+            call.cancel()
+        finally:
+            await channel.close()
+
+    asyncio.run(run())
