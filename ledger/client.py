@@ -60,7 +60,7 @@ import grpc
 from cluster.certs import TlsCredentials, open_channel
 from ledger import errors
 from ledger.api_proto import pb, pb_grpc, varint
-from ledger.model import Account, AccountBalance, Transfer
+from ledger.model import ROW_BYTES, Account, AccountBalance, Transfer
 
 EVENTS_PER_REQUEST_MAX = 8190
 TIMEOUT_S_DEFAULT = 10.0
@@ -361,7 +361,7 @@ class AsyncClient:
 
     async def _submit(self, target: str, field: int, request, timeout_s: float):
         """One write over ``target``'s stream, as a unary call would answer it."""
-        events = len(request.packed) // 128
+        events = len(request.packed) // ROW_BYTES
         if events > EVENTS_PER_REQUEST_MAX:
             # Refused here: on the stream it would end every caller's writes.
             raise errors.BatchTooLarge(
