@@ -1,46 +1,54 @@
 """Durable storage for one replica: acceptor state, log and state tables in LMDB.
 
-One LMDB environment per replica directory holds everything a replica must
-not forget, so that one write transaction, committed with one fsync, makes a
-whole step of the driver loop durable at once::
+Two LMDB environments per replica directory, each with its own writer, so
+that accepting the next slots never waits for applying the chosen ones::
 
-    storage.write_step(ready.persist, apply)   # promise + accepts + chosen
-                                                # + applied rows + digest
-    network.send(ready.messages)                # only after it returned
+    storage.persist(ready.persist)      # promise + accepts + chosen point,
+                                        # in <dir>/acceptor, one fsync
+    network.send(ready.messages)        # only after it returned
+    storage.apply(apply)                # applied rows + digest, in <dir>;
+                                        # may run while the next persist does
 
-Layout (named databases; keys are raw bytes, integers big-endian):
+Layout (named databases; keys are raw bytes, integers big-endian)::
 
-    replica.meta      b"format_version", b"cluster_id", b"replica_id",
-                      b"chosen_below", b"applied_below", b"log_start" -> 8 B int
-                      (cluster_id: UTF-8), b"digest" -> 32 B state digest
-                      b"memberships" -> msgpack membership history as of log_start
-    replica.acceptor  b"promised" -> msgpack [round, replica_id]
-    replica.log       slot (8 B) -> msgpack [ballot round, ballot replica, value]
-    sm.<table>        one per name in ``ledger.tables.TABLES``: the state
-                      machine's rows, exactly as ``MemoryTables`` holds them
+    <dir>/acceptor (the acceptor environment)
+      replica.meta      b"format_version", b"cluster_id", b"replica_id",
+                        b"chosen_below", b"log_start" -> 8 B int (cluster_id:
+                        UTF-8), b"memberships" -> msgpack membership history
+                        as of log_start
+      replica.acceptor  b"promised" -> msgpack [round, replica_id]
+      replica.log       slot (8 B) -> msgpack [ballot round, ballot replica, value]
+    <dir> (the state environment)
+      replica.meta      b"format_version", b"cluster_id", b"replica_id",
+                        b"applied_below" -> 8 B int, b"digest" -> 32 B state
+                        digest, b"snapshot_index", b"snapshot_memberships":
+                        the last installed snapshot (see install_snapshot)
+      sm.<table>        one per name in ``ledger.tables.TABLES``: the state
+                        machine's rows, exactly as ``MemoryTables`` holds them
 
-The environment is opened with sync on, metasync off, and never with
+Both environments are opened with sync on, metasync off, and never with
 ``writemap`` (a full disk would then SIGBUS the process). Without it, LMDB
 writes new pages with ``pwrite`` and only then the meta page, so a failed
 commit (full disk, I/O error) leaves the last committed state intact and
 readable, and a later commit works once space returns.
 
-Which commits are durable (``write_step(sync=...)``, default
-``Persist.must_sync``): every commit fdatasyncs its data pages before it
-writes its meta page (LMDB's MDB_NOMETASYNC keeps atomicity and order: a
-meta page never reaches the disk ahead of the pages it points to). A step
-that must be durable (a promise or accepts, whose replies are sent once it
-returns) then also syncs the meta page (``env.sync``) before returning. A
-step that only moves the chosen point and applies does not: its meta page
-rides on the next commit's data sync. A power loss may then undo the last
-such steps, and only as a whole: ``applied_below``, the rows and the digest
-go back together to an earlier committed state, the accepted entries of
-those slots are still in the log (their own steps were synced), and the
-chosen point is relearned from peers, so the restarted replica applies the
-same slots again, deterministically, to the same rows. Clients are answered
-only for chosen slots, i.e. slots a majority holds durably, so no answer
-depends on an unsynced apply. A process crash loses nothing (the page cache
-survives it).
+Durability: every commit fdatasyncs its data pages before it writes its
+meta page (LMDB's MDB_NOMETASYNC keeps atomicity and order: a meta page
+never reaches the disk ahead of the pages it points to). A persist that
+must be durable (a promise or accepts, whose replies are sent once it
+returns) then also syncs the meta page (``env.sync``). A persist that only
+moves the chosen point does not, nor does an apply: their meta page rides
+on the environment's next commit. A power loss may then undo the last
+apply, and only as a whole: ``applied_below``, the rows and the digest go
+back together to an earlier committed state. The accepted entries of those
+slots are still in the log: an apply only ever follows the persist of the
+entries it applies, entries are synced, and the log is compacted only below
+a synced applied point. The chosen point is relearned from peers (and is at
+least the applied point), so the restarted replica applies the same slots
+again, deterministically, to the same rows. Clients are answered only for
+chosen slots, i.e. slots a majority holds durably, so no answer depends on
+an unsynced apply. A process crash loses nothing (the page cache survives
+it).
 
 Errors (the server maps them to gRPC codes; nothing here knows gRPC)::
 
@@ -63,7 +71,9 @@ raises ``ValueError`` otherwise (``MemoryTables`` takes any key: the state
 machine's keys are fixed-size ids and never meet the limit).
 ``get``/``delete``/``range`` accept any key or bound.
 
-Threads: one writer (``write_step``, ``compact_log``) at a time; ``reader``,
+Threads: one ``persist`` and one ``apply`` at a time, which may overlap;
+``compact_log`` as a persist (it writes the acceptor environment and only
+syncs the state one); ``install_snapshot`` while neither runs. ``reader``,
 ``load`` and ``verify_digest`` may run on any thread meanwhile, each in its own
 snapshot. Keep readers short: an open read transaction pins old pages.
 Accepted entries below ``log_start`` are stored but not loaded (their slots
@@ -85,7 +95,8 @@ from consensus.ready import DurableState, Persist
 from ledger import digest as _digest
 from ledger.tables import TABLES
 
-FORMAT_VERSION = 3  # 2: the digest leaves out ledger.digest.PROJECTION_TABLES; 3: account chains
+FORMAT_VERSION = 4  # 2: the digest leaves out ledger.digest.PROJECTION_TABLES; 3: account chains;
+# 4: the acceptor state in its own environment
 DEFAULT_MAP_SIZE_BYTES = 32 << 30  # address space only: the file grows as used
 KEY_BYTES_MAX = 511  # LMDB's compiled-in key limit
 _UNHASHED = _digest.PROJECTION_TABLES
@@ -105,6 +116,9 @@ _K_LOG_START = b"log_start"
 _K_DIGEST = b"digest"
 _K_PROMISED = b"promised"
 _K_MEMBERSHIPS = b"memberships"  # msgpack membership history as of log_start
+_K_SNAPSHOT_INDEX = b"snapshot_index"  # state: the last installed snapshot's index
+_K_SNAPSHOT_MEMBERSHIPS = b"snapshot_memberships"  # state: its membership history
+ACCEPTOR_DIR = "acceptor"  # the acceptor environment's subdirectory
 INCOMING_SNAPSHOT_FILE = "snapshot.incoming"  # a snapshot being received (spool)
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # rows per streamed snapshot chunk: about this many bytes
 
@@ -330,11 +344,96 @@ class LmdbTables(LmdbTableReader):
         return True
 
 
-class ReplicaStorage:
-    """The durable state of one replica in one LMDB environment.
+class _Env:
+    """One LMDB environment of a replica directory: its handle and named
+    databases, reopened on the next write after a panic or a failed sync."""
 
-    Single writer: ``write_step`` and ``compact_log`` are called from one
-    thread at a time. ``reader`` and ``load`` may run from any thread.
+    def __init__(self, path: str, map_size_bytes: int, names: tuple[bytes, ...]) -> None:
+        self.path = path
+        self.map_size_bytes = map_size_bytes
+        self.names = names
+        self.handle: lmdb.Environment | None = None
+        self.dbs: dict[bytes, object] = {}
+        self.needs_reopen = False
+
+    def open(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        env = self.handle = lmdb.open(
+            self.path,
+            map_size=self.map_size_bytes,
+            subdir=True,
+            max_dbs=_MAX_DBS,
+            sync=True,
+            metasync=False,  # durable steps sync the meta page themselves
+            writemap=False,  # never: a full disk would SIGBUS the process
+            map_async=False,
+            lock=True,
+        )
+        # Free reader slots of processes that died holding a read transaction:
+        # a stale slot would pin old pages and make the file grow.
+        env.reader_check()
+        with env.begin(write=True) as txn:
+            self.dbs = {name: env.open_db(name, txn=txn) for name in self.names}
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def begin_write(self) -> tuple[lmdb.Transaction, bool]:
+        """A write transaction, and whether the environment was reopened first
+        (after a failed write left it unusable); StorageUnavailable if that fails."""
+        reopened = False
+        if self.needs_reopen:
+            try:
+                self.close()
+                self.open()
+            except lmdb.Error as e:
+                raise StorageUnavailable("reopen", e) from e
+            self.needs_reopen = False
+            reopened = True
+        assert self.handle is not None
+        try:
+            return self.handle.begin(write=True), reopened
+        except lmdb.Error as e:
+            self.note_failure(e)
+            raise StorageUnavailable("begin", e) from e
+
+    def begin(self) -> lmdb.Transaction:
+        assert self.handle is not None
+        return self.handle.begin()
+
+    def sync(self, what: str) -> None:
+        """Make the last commit durable (its data pages already are)."""
+        assert self.handle is not None
+        try:
+            self.handle.sync(True)
+        except lmdb.Error as e:
+            self.needs_reopen = True
+            raise StorageSyncFailed(f"{self.path}: {what}: fsync after commit failed: {e}") from e
+
+    def fail_write(self, op: str, txn: lmdb.Transaction, e: BaseException) -> None:
+        """Abort a failed write; a full disk or I/O error becomes StorageUnavailable."""
+        _abort_quietly(txn)
+        if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
+            self.note_failure(e)
+            raise StorageUnavailable(op, e) from e
+
+    def note_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, lmdb.PanicError):
+            self.needs_reopen = True
+
+    def file_bytes(self) -> int:
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+
+
+class ReplicaStorage:
+    """The durable state of one replica: its acceptor environment and its
+    state environment (module docstring).
+
+    One writer per environment: ``persist`` (and ``compact_log``) from one
+    thread at a time, ``apply`` from one thread at a time, and the two may
+    run at once. ``install_snapshot`` writes both: call it while neither runs. ``reader`` and ``load`` may run from any thread.
     """
 
     def __init__(
@@ -350,7 +449,6 @@ class ReplicaStorage:
         self.path = os.fspath(path)
         self.cluster_id = cluster_id
         self.replica_id = replica_id
-        self._map_size_bytes = map_size_bytes
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.path, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -358,11 +456,15 @@ class ReplicaStorage:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise DataDirInUse(f"{self.path}: data directory is in use by another process") from None
-        self._env: lmdb.Environment | None = None
-        self._needs_reopen = False
+        self._state = _Env(self.path, map_size_bytes, (_META_DB,) + tuple(_TABLE_DB_PREFIX + t for t in TABLES))
+        self._acc = _Env(
+            os.path.join(self.path, ACCEPTOR_DIR), map_size_bytes, (_META_DB, _ACCEPTOR_DB, _LOG_DB)
+        )
         self._packer = msgpack.Packer()
         try:
-            self._open_env()
+            self._state.open()
+            self._check_state_format()  # before creating anything beside a directory of another format
+            self._acc.open()
             self._init_or_check()
         except BaseException as e:
             self.close()
@@ -372,96 +474,104 @@ class ReplicaStorage:
 
     # --- opening -------------------------------------------------------
 
-    def _open_env(self) -> None:
-        self._env = lmdb.open(
-            self.path,
-            map_size=self._map_size_bytes,
-            subdir=True,
-            max_dbs=_MAX_DBS,
-            sync=True,
-            metasync=False,  # durable steps sync the meta page themselves
-            writemap=False,  # never: a full disk would SIGBUS the process
-            map_async=False,
-            lock=True,
-        )
-        env = self._env
-        # Free reader slots of processes that died holding a read transaction:
-        # a stale slot would pin old pages and make the file grow.
-        env.reader_check()
-        with env.begin(write=True) as txn:
-            self._meta = env.open_db(_META_DB, txn=txn)
-            self._acceptor = env.open_db(_ACCEPTOR_DB, txn=txn)
-            self._log = env.open_db(_LOG_DB, txn=txn)
-            self._tables = {t: env.open_db(_TABLE_DB_PREFIX + t, txn=txn) for t in TABLES}
+    @property
+    def _tables(self) -> dict[bytes, object]:
+        dbs = self._state.dbs
+        return {t: dbs[_TABLE_DB_PREFIX + t] for t in TABLES}
+
+    def _check_identity(self, txn: lmdb.Transaction, meta_db: object, what: str) -> bool:
+        """Check one environment's format and owner; False if it has none yet."""
+        meta = txn.cursor(db=meta_db)
+        fmt = meta.get(_K_FORMAT)
+        if fmt is None:
+            return False
+        if _from_int8(fmt) != FORMAT_VERSION:
+            raise IncompatibleFormat(
+                f"{self.path}: storage format {_from_int8(fmt)}, this build reads {FORMAT_VERSION}"
+            )
+        cluster = meta.get(_K_CLUSTER).decode()
+        replica = _from_int8(meta.get(_K_REPLICA))
+        if (cluster, replica) != (self.cluster_id, self.replica_id):
+            raise WrongDataDir(
+                f"{self.path}: {what} holds replica {replica} of cluster {cluster!r}, "
+                f"not replica {self.replica_id} of cluster {self.cluster_id!r}"
+            )
+        return True
+
+    def _put_identity(self, txn: lmdb.Transaction, meta_db: object, zeros: tuple[bytes, ...]) -> None:
+        meta = txn.cursor(db=meta_db)
+        meta.put(_K_FORMAT, _int8(FORMAT_VERSION))
+        meta.put(_K_CLUSTER, self.cluster_id.encode())
+        meta.put(_K_REPLICA, _int8(self.replica_id))
+        for k in zeros:
+            meta.put(k, _int8(0))
+
+    def _check_state_format(self) -> None:
+        with self._state.begin() as txn:
+            self._check_identity(txn, self._state.dbs[_META_DB], "its state")
 
     def _init_or_check(self) -> None:
-        env = self._env
-        assert env is not None
-        with env.begin(write=True) as txn:
-            meta = txn.cursor(db=self._meta)
-            fmt = meta.get(_K_FORMAT)
-            if fmt is None:
-                if txn.stat(self._log)["entries"] or any(
-                    txn.stat(db)["entries"] for db in self._tables.values()
-                ):
+        acc, state = self._acc, self._state
+        assert acc.handle is not None and state.handle is not None
+        # The acceptor environment first: a crash between the two leaves an
+        # acceptor with an empty log and no state, which starts afresh.
+        with acc.handle.begin(write=True) as txn:
+            acc_known = self._check_identity(txn, acc.dbs[_META_DB], "its acceptor log")
+            if not acc_known:
+                if txn.stat(acc.dbs[_LOG_DB])["entries"]:
+                    raise WrongDataDir(f"{self.path}: its acceptor log has entries but no replica identity")
+                self._put_identity(txn, acc.dbs[_META_DB], (_K_CHOSEN, _K_LOG_START))
+            log_start = _from_int8(txn.get(_K_LOG_START, db=acc.dbs[_META_DB]))
+        with state.handle.begin(write=True) as txn:
+            state_known = self._check_identity(txn, state.dbs[_META_DB], "its state")
+            if not state_known:
+                if any(txn.stat(db)["entries"] for db in self._tables.values()):
                     raise WrongDataDir(f"{self.path}: has data but no replica identity")
-                meta.put(_K_FORMAT, _int8(FORMAT_VERSION))
-                meta.put(_K_CLUSTER, self.cluster_id.encode())
-                meta.put(_K_REPLICA, _int8(self.replica_id))
-                for k in (_K_CHOSEN, _K_APPLIED, _K_LOG_START):
-                    meta.put(k, _int8(0))
-                meta.put(_K_DIGEST, bytes(32))
-            else:
-                if _from_int8(fmt) != FORMAT_VERSION:
-                    raise IncompatibleFormat(
-                        f"{self.path}: storage format {_from_int8(fmt)}, "
-                        f"this build reads {FORMAT_VERSION}"
-                    )
-                cluster = meta.get(_K_CLUSTER).decode()
-                replica = _from_int8(meta.get(_K_REPLICA))
-                if (cluster, replica) != (self.cluster_id, self.replica_id):
-                    raise WrongDataDir(
-                        f"{self.path}: holds replica {replica} of cluster {cluster!r}, "
-                        f"not replica {self.replica_id} of cluster {self.cluster_id!r}"
-                    )
-            self._read_cached(txn)
+                if log_start:
+                    # The slots below log_start exist only in a state that is gone.
+                    raise WrongDataDir(f"{self.path}: its state is missing (the log starts at {log_start})")
+                self._put_identity(txn, state.dbs[_META_DB], (_K_APPLIED,))
+                txn.put(_K_DIGEST, bytes(32), db=state.dbs[_META_DB])
+            elif not acc_known:
+                raise WrongDataDir(f"{self.path}: has a state but its acceptor log is missing")
+        with acc.begin() as txn:
+            self._read_acceptor(txn)
+        with state.begin() as txn:
+            self._read_state(txn)
+            meta = state.dbs[_META_DB]
+            raw_index = txn.get(_K_SNAPSHOT_INDEX, db=meta)
+            raw_members = txn.get(_K_SNAPSHOT_MEMBERSHIPS, db=meta)
+        if raw_index is not None and _from_int8(raw_index) > self._log_start:
+            # A crash came between a snapshot's two commits: finish it.
+            self._finish_install(_from_int8(raw_index), _decode_memberships(raw_members))
 
-    def _read_cached(self, txn: lmdb.Transaction) -> None:
-        meta = txn.cursor(db=self._meta)
+    def _read_acceptor(self, txn: lmdb.Transaction) -> None:
+        meta = txn.cursor(db=self._acc.dbs[_META_DB])
         self._chosen_below = _from_int8(meta.get(_K_CHOSEN))
-        self._applied_below = _from_int8(meta.get(_K_APPLIED))
         self._log_start = _from_int8(meta.get(_K_LOG_START))
-        self._digest = _from_int8(meta.get(_K_DIGEST))
-        raw = txn.get(_K_PROMISED, db=self._acceptor)
+        raw = txn.get(_K_PROMISED, db=self._acc.dbs[_ACCEPTOR_DB])
         self._promised = ZERO_BALLOT if raw is None else Ballot(*msgpack.unpackb(raw))
 
-    def _writable_env(self) -> lmdb.Environment:
-        """The environment for a write, reopened first if a failed write left
-        it unusable; StorageUnavailable if that fails too."""
-        if self._needs_reopen:
-            try:
-                self._reopen_env()
-            except lmdb.Error as e:
-                raise StorageUnavailable("reopen", e) from e
-        env = self._env
-        assert env is not None
-        return env
+    def _read_state(self, txn: lmdb.Transaction) -> None:
+        meta = txn.cursor(db=self._state.dbs[_META_DB])
+        self._applied_below = _from_int8(meta.get(_K_APPLIED))
+        self._digest = _from_int8(meta.get(_K_DIGEST))
 
-    def _reopen_env(self) -> None:
-        """After a failed meta write LMDB refuses all further use of the
-        environment (MDB_PANIC); the file itself is intact, so open it again."""
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-        self._open_env()
-        with self._env.begin() as txn:  # type: ignore[union-attr]
-            self._read_cached(txn)
-        self._needs_reopen = False
+    def _begin_acceptor_write(self) -> lmdb.Transaction:
+        txn, reopened = self._acc.begin_write()
+        if reopened:
+            self._read_acceptor(txn)
+        return txn
+
+    def _begin_state_write(self) -> lmdb.Transaction:
+        txn, reopened = self._state.begin_write()
+        if reopened:
+            self._read_state(txn)
+        return txn
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        self._acc.close()
+        self._state.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
@@ -496,15 +606,16 @@ class ReplicaStorage:
 
     def load(self) -> DurableState:
         """Everything the replica restarts from, as last committed."""
-        env = self._env
-        assert env is not None
-        with env.begin() as txn:
-            meta = txn.cursor(db=self._meta)
+        with self._state.begin() as txn:
+            applied_below = _from_int8(txn.get(_K_APPLIED, db=self._state.dbs[_META_DB]))
+        acc = self._acc
+        with acc.begin() as txn:
+            meta = txn.cursor(db=acc.dbs[_META_DB])
             log_start = _from_int8(meta.get(_K_LOG_START))
-            raw = txn.get(_K_PROMISED, db=self._acceptor)
+            raw = txn.get(_K_PROMISED, db=acc.dbs[_ACCEPTOR_DB])
             promised = ZERO_BALLOT if raw is None else Ballot(*msgpack.unpackb(raw))
             accepted: dict[int, tuple[Ballot, bytes]] = {}
-            cursor = txn.cursor(db=self._log)
+            cursor = txn.cursor(db=acc.dbs[_LOG_DB])
             if cursor.set_range(_int8(log_start)):
                 unpackb = msgpack.unpackb
                 for key, raw_entry in cursor.iternext():
@@ -515,8 +626,10 @@ class ReplicaStorage:
             return DurableState(
                 promised=promised,
                 accepted=accepted,
-                chosen_below=_from_int8(meta.get(_K_CHOSEN)),
-                applied_below=_from_int8(meta.get(_K_APPLIED)),
+                # An applied slot is chosen, whether or not the (unsynced)
+                # step that moved the chosen point past it survived.
+                chosen_below=max(_from_int8(meta.get(_K_CHOSEN)), applied_below),
+                applied_below=applied_below,
                 log_start=log_start,
                 memberships=memberships,
             )
@@ -527,29 +640,23 @@ class ReplicaStorage:
 
         Its ``digest`` is the committed digest of exactly the rows it sees.
         """
-        env = self._env
-        assert env is not None
-        txn = env.begin()
+        txn = self._state.begin()
         try:
-            raw = txn.get(_K_DIGEST, db=self._meta)
+            raw = txn.get(_K_DIGEST, db=self._state.dbs[_META_DB])
             yield LmdbTableReader(txn, self._tables, _from_int8(raw))
         finally:
             txn.abort()
 
     def recompute_digest(self) -> int:
         """The digest of all committed rows, from a full scan."""
-        env = self._env
-        assert env is not None
-        with env.begin() as txn:
+        with self._state.begin() as txn:
             return self._scan_digest(txn)
 
     def verify_digest(self) -> int:
         """Recompute the digest from a full scan; raise ``StorageCorrupt`` if it
         differs from the stored one. Returns the recomputed digest."""
-        env = self._env
-        assert env is not None
-        with env.begin() as txn:  # one snapshot for both, whatever writes meanwhile
-            stored = _from_int8(txn.get(_K_DIGEST, db=self._meta))
+        with self._state.begin() as txn:  # one snapshot for both, whatever writes meanwhile
+            stored = _from_int8(txn.get(_K_DIGEST, db=self._state.dbs[_META_DB]))
             scanned = self._scan_digest(txn)
         if scanned != stored:
             raise StorageCorrupt(
@@ -561,14 +668,90 @@ class ReplicaStorage:
     def _scan_digest(self, txn: lmdb.Transaction) -> int:
         total = 0
         row_hash = _digest.row_hash
+        tables = self._tables
         for table in TABLES:
             if table in _UNHASHED:
                 continue  # their rows hash to 0
-            for key, value in txn.cursor(db=self._tables[table]).iternext():
+            for key, value in txn.cursor(db=tables[table]).iternext():
                 total += row_hash(table, key, value)
         return total % _digest.MODULUS
 
     # --- writing -------------------------------------------------------
+
+    def persist(self, persist: Persist, sync: bool | None = None) -> None:
+        """Store ``persist`` (promised ballot, accepted entries, chosen point)
+        in the acceptor environment, in one transaction.
+
+        ``sync`` (default ``persist.must_sync``): when true, it is on disk
+        when this returns; when false (a moved chosen point alone) a power
+        loss may undo it until the next synced persist. All or nothing: if
+        anything raises, neither the disk nor this object changes; a full
+        disk or an I/O error raises ``StorageUnavailable`` and the same
+        persist may be retried later.
+        """
+        if persist.empty:
+            return
+        promised = self._promised
+        chosen_below = self._chosen_below
+        txn = self._begin_acceptor_write()
+        dbs = self._acc.dbs
+        try:
+            if persist.promised is not None:
+                assert persist.promised >= promised, (persist.promised, promised)
+                promised = persist.promised
+                txn.put(_K_PROMISED, self._packer.pack(list(promised)), db=dbs[_ACCEPTOR_DB])
+            if persist.accepted:
+                pack = self._packer.pack
+                items = [
+                    (slot.to_bytes(8, "big"), pack([ballot[0], ballot[1], value]))
+                    for slot, ballot, value in persist.accepted
+                ]
+                txn.cursor(db=dbs[_LOG_DB]).putmulti(items)
+            if persist.chosen_below is not None:
+                assert persist.chosen_below >= chosen_below, (persist.chosen_below, chosen_below)
+                chosen_below = persist.chosen_below
+                txn.put(_K_CHOSEN, _int8(chosen_below), db=dbs[_META_DB])
+            txn.commit()
+        except BaseException as e:
+            self._acc.fail_write("persist", txn, e)
+            raise
+        self._promised = promised
+        self._chosen_below = chosen_below
+        if persist.must_sync if sync is None else sync:
+            self._acc.sync("persist")
+
+    def apply(self, apply: Callable[[LmdbTables], int], sync: bool = False) -> None:
+        """Apply chosen slots to the state environment, in one transaction.
+
+        Calls ``apply(tables)`` with an ``LmdbTables`` bound to the
+        transaction: the caller applies chosen entries (already persisted)
+        through it and returns the new ``applied_below``, which is stored
+        with the new state digest. Then commits; its data pages are synced,
+        its meta page only when ``sync`` (a power loss may otherwise undo
+        this apply, and only as a whole, until the next one: the log still
+        holds its slots). All or nothing, as ``persist``; an exception from
+        the callback propagates unchanged. ``tables`` must not be used after
+        return.
+        """
+        applied_below = self._applied_below
+        txn = self._begin_state_write()
+        meta = self._state.dbs[_META_DB]
+        try:
+            tables = LmdbTables(txn, self._tables, self._digest)
+            new_applied = apply(tables)
+            assert isinstance(new_applied, int), new_applied
+            assert new_applied >= applied_below, (new_applied, applied_below)
+            digest = tables.digest
+            txn.put(_K_APPLIED, _int8(new_applied), db=meta)
+            txn.put(_K_DIGEST, digest.to_bytes(32, "big"), db=meta)
+            txn.commit()
+        except BaseException as e:
+            self._state.fail_write("apply", txn, e)
+            raise
+        self._applied_below = new_applied
+        self._digest = digest
+        if sync:
+            self._state.sync("apply")
 
     def write_step(
         self,
@@ -576,112 +759,43 @@ class ReplicaStorage:
         apply: Callable[[LmdbTables], int] | None = None,
         sync: bool | None = None,
     ) -> None:
-        """Make one step of the driver loop durable, in one transaction.
-
-        Stores ``persist`` (promised ballot, accepted entries, chosen point);
-        then, if ``apply`` is given, calls ``apply(tables)`` with an
-        ``LmdbTables`` bound to the same transaction: the caller applies
-        committed entries through it and returns the new ``applied_below``,
-        which is stored with the new state digest. Then commits.
-
-        ``sync`` (default ``persist.must_sync``): when true, the step is on
-        disk when this returns; when false (apply-only steps) it may be undone
-        by a power loss until the next synced step (module docstring: why
-        that is safe). Either way later steps never survive without it.
-
-        All or nothing: if anything raises (the callback included) the
-        transaction is aborted and neither the disk nor this object changes.
-        A full disk or an I/O error raises ``StorageUnavailable``; the same
-        step may be retried later. ``tables`` must not be used after return.
-        """
-        if persist.empty and apply is None:
-            return
-        env = self._writable_env()
-        promised = self._promised
-        chosen_below = self._chosen_below
-        applied_below = self._applied_below
-        digest = self._digest
-        try:
-            txn = env.begin(write=True)
-        except lmdb.Error as e:
-            self._note_failure(e)
-            raise StorageUnavailable("begin", e) from e
-        try:
-            if persist.promised is not None:
-                assert persist.promised >= promised, (persist.promised, promised)
-                promised = persist.promised
-                txn.put(_K_PROMISED, self._packer.pack(list(promised)), db=self._acceptor)
-            if persist.accepted:
-                pack = self._packer.pack
-                items = [
-                    (slot.to_bytes(8, "big"), pack([ballot[0], ballot[1], value]))
-                    for slot, ballot, value in persist.accepted
-                ]
-                txn.cursor(db=self._log).putmulti(items)
-            if persist.chosen_below is not None:
-                assert persist.chosen_below >= chosen_below, (persist.chosen_below, chosen_below)
-                chosen_below = persist.chosen_below
-                txn.put(_K_CHOSEN, _int8(chosen_below), db=self._meta)
-            if apply is not None:
-                tables = LmdbTables(txn, self._tables, digest)
-                new_applied = apply(tables)
-                assert isinstance(new_applied, int), new_applied
-                assert new_applied >= applied_below, (new_applied, applied_below)
-                applied_below = new_applied
-                digest = tables.digest
-                txn.put(_K_APPLIED, _int8(applied_below), db=self._meta)
-                txn.put(_K_DIGEST, digest.to_bytes(32, "big"), db=self._meta)
-            txn.commit()
-        except BaseException as e:
-            self._fail_write("write_step", txn, e)
-            raise
-        self._promised = promised
-        self._chosen_below = chosen_below
-        self._applied_below = applied_below
-        self._digest = digest
-        if persist.must_sync if sync is None else sync:
-            self._sync_meta("write_step")
-
-    def _sync_meta(self, what: str) -> None:
-        """Make the last commit durable (its data pages already are)."""
-        env = self._env
-        assert env is not None
-        try:
-            env.sync(True)
-        except lmdb.Error as e:
-            self._needs_reopen = True
-            raise StorageSyncFailed(f"{self.path}: {what}: fsync after commit failed: {e}") from e
+        """``persist(persist, sync)``, then ``apply(apply)`` if given (synced
+        too when ``sync`` is true): the acceptor state first, so nothing is
+        applied before the acceptance it rests on is stored. Each half is
+        all or nothing; if the apply raises, the persist stays done, and
+        doing the same step again is harmless."""
+        self.persist(persist, sync)
+        if apply is not None:
+            self.apply(apply, sync=bool(sync))
 
     def compact_log(self, below_slot: int, memberships: tuple = ()) -> None:
         """Drop log entries below ``below_slot`` and move ``log_start`` there.
 
         Only applied slots may go (a snapshot holds their effect), so
-        ``below_slot <= applied_below``. Moving backwards is a no-op.
-        ``memberships`` is the membership history as of ``below_slot``
-        (``Replica.membership_for_snapshot``): the dropped log held the
-        membership values, so it is stored in the same transaction. Empty
-        means the configured initial membership still holds.
+        ``below_slot <= applied_below``; the state is synced first, so the
+        dropped slots stay applied through a power loss. Moving backwards is
+        a no-op. ``memberships`` is the membership history as of
+        ``below_slot`` (``Replica.membership_for_snapshot``): the dropped log
+        held the membership values, so it is stored in the same transaction.
+        Empty means the configured initial membership still holds.
         """
         assert below_slot <= self._applied_below, (below_slot, self._applied_below)
         if below_slot <= self._log_start:
             return
-        env = self._writable_env()
+        self._state.sync("compact_log")
         end = _int8(below_slot)
+        txn = self._begin_acceptor_write()
+        dbs = self._acc.dbs
         try:
-            txn = env.begin(write=True)
-        except lmdb.Error as e:
-            self._note_failure(e)
-            raise StorageUnavailable("begin", e) from e
-        try:
-            cursor = txn.cursor(db=self._log)
+            cursor = txn.cursor(db=dbs[_LOG_DB])
             while cursor.first() and cursor.key() < end:
                 cursor.delete()
-            txn.put(_K_LOG_START, end, db=self._meta)
+            txn.put(_K_LOG_START, end, db=dbs[_META_DB])
             if memberships:
-                txn.put(_K_MEMBERSHIPS, _encode_memberships(memberships), db=self._meta)
+                txn.put(_K_MEMBERSHIPS, _encode_memberships(memberships), db=dbs[_META_DB])
             txn.commit()
         except BaseException as e:
-            self._fail_write("compact_log", txn, e)
+            self._acc.fail_write("compact_log", txn, e)
             raise
         self._log_start = below_slot
 
@@ -693,10 +807,12 @@ class ReplicaStorage:
     # compacting the log up to it. A peer that needs the snapshot gets it
     # streamed from one read transaction (a consistent view of the tables,
     # the applied point and the digest), spools it to
-    # ``INCOMING_SNAPSHOT_FILE`` and installs it with ``install_snapshot``
-    # in one write transaction. A crash of either side leaves at most a
-    # stale spool file, which the next transfer truncates: transfers restart
-    # from the beginning.
+    # ``INCOMING_SNAPSHOT_FILE`` and installs it with ``install_snapshot``:
+    # one synced transaction of the state (rows, applied point, and the
+    # snapshot's index and membership history), then one of the acceptor
+    # (log start, chosen point, history). A crash of either side leaves at
+    # most a stale spool file, which the next transfer truncates, or an
+    # installed state whose acceptor half the next open finishes.
 
     @contextlib.contextmanager
     def snapshot_source(self) -> Iterator[tuple[int, int, Iterator[bytes]]]:
@@ -708,20 +824,19 @@ class ReplicaStorage:
         transaction stays open (pinning old pages) until the context exits,
         so stream promptly. Chunks may be pulled from any one thread at a time.
         """
-        env = self._env
-        assert env is not None
-        txn = env.begin()
+        txn = self._state.begin()
         try:
-            meta = txn.cursor(db=self._meta)
+            meta = txn.cursor(db=self._state.dbs[_META_DB])
             index = _from_int8(meta.get(_K_APPLIED))
             digest = _from_int8(meta.get(_K_DIGEST))
+            tables = self._tables
 
             def chunks() -> Iterator[bytes]:
                 pack = msgpack.Packer().pack
                 for table in TABLES:
                     rows: list[tuple[bytes, bytes]] = []
                     size = 0
-                    for key, value in txn.cursor(db=self._tables[table]).iternext():
+                    for key, value in txn.cursor(db=tables[table]).iternext():
                         rows.append((key, value))
                         size += len(key) + len(value) + 8
                         if size >= SNAPSHOT_CHUNK_BYTES:
@@ -738,26 +853,22 @@ class ReplicaStorage:
         return os.path.join(self.path, INCOMING_SNAPSHOT_FILE)
 
     def install_snapshot(self, spool_path: str, index: int, digest: int, memberships: tuple) -> None:
-        """Replace the state with a received snapshot, in one synced transaction.
+        """Replace the state with a received snapshot.
 
         ``spool_path`` holds the snapshot's chunks, each prefixed with its
         length (4 B big-endian), as ``snapshot_source`` produced them. The
         rows replace every state table; the applied point, log start and
         (if behind) chosen point move to ``index``; log entries below it go;
         the membership history becomes ``memberships``. The rows must hash to
-        ``digest``, else ``SnapshotMismatch`` and nothing changes. All or
-        nothing: a crash before the commit leaves the old state intact.
+        ``digest``, else ``SnapshotMismatch`` and nothing changes. A crash
+        before the state's commit leaves the old state intact; one after it
+        leaves the new state, whose acceptor half the next open completes.
         """
-        env = self._writable_env()
         assert index > self._applied_below, (index, self._applied_below)
+        txn = self._begin_state_write()
+        tables = self._tables
         try:
-            txn = env.begin(write=True)
-        except lmdb.Error as e:
-            self._note_failure(e)
-            raise StorageUnavailable("begin", e) from e
-        chosen_below = max(self._chosen_below, index)
-        try:
-            for db in self._tables.values():
+            for db in tables.values():
                 txn.drop(db, delete=False)
             total = 0
             row_hash = _digest.row_hash
@@ -771,11 +882,11 @@ class ReplicaStorage:
                     if len(head) != 4 or len(body) != size:
                         raise SnapshotMismatch(f"{spool_path}: truncated snapshot chunk")
                     table, rows = msgpack.unpackb(body, use_list=False)
-                    if table not in self._tables:
+                    if table not in tables:
                         raise SnapshotMismatch(f"snapshot names an unknown table {table!r}")
                     for key, value in rows:
                         total += row_hash(table, key, value)
-                    _, added = txn.cursor(db=self._tables[table]).putmulti(rows, append=True)
+                    _, added = txn.cursor(db=tables[table]).putmulti(rows, append=True)
                     if added != len(rows):
                         raise SnapshotMismatch(f"snapshot rows of {table!r} out of order")
             total %= _digest.MODULUS
@@ -784,48 +895,52 @@ class ReplicaStorage:
                     f"snapshot at {index}: rows hash to {_digest.to_hex(total)}, "
                     f"its sender stated {_digest.to_hex(digest)}"
                 )
-            cursor = txn.cursor(db=self._log)
+            meta = txn.cursor(db=self._state.dbs[_META_DB])
             end = _int8(index)
+            meta.put(_K_APPLIED, end)
+            meta.put(_K_DIGEST, digest.to_bytes(32, "big"))
+            meta.put(_K_SNAPSHOT_INDEX, end)
+            meta.put(_K_SNAPSHOT_MEMBERSHIPS, _encode_memberships(memberships))
+            txn.commit()
+        except BaseException as e:
+            self._state.fail_write("install_snapshot", txn, e)
+            raise
+        self._applied_below = index
+        self._digest = digest
+        self._state.sync("install_snapshot")
+        self._finish_install(index, memberships)
+
+    def _finish_install(self, index: int, memberships: tuple) -> None:
+        """The acceptor half of installing a snapshot at ``index``."""
+        chosen_below = max(self._chosen_below, index)
+        end = _int8(index)
+        txn = self._begin_acceptor_write()
+        dbs = self._acc.dbs
+        try:
+            cursor = txn.cursor(db=dbs[_LOG_DB])
             while cursor.first() and cursor.key() < end:
                 cursor.delete()
-            meta = txn.cursor(db=self._meta)
-            meta.put(_K_APPLIED, end)
+            meta = txn.cursor(db=dbs[_META_DB])
             meta.put(_K_CHOSEN, _int8(chosen_below))
             meta.put(_K_LOG_START, end)
-            meta.put(_K_DIGEST, digest.to_bytes(32, "big"))
             meta.put(_K_MEMBERSHIPS, _encode_memberships(memberships))
             txn.commit()
         except BaseException as e:
-            self._fail_write("install_snapshot", txn, e)
+            self._acc.fail_write("install_snapshot", txn, e)
             raise
-        self._applied_below = index
         self._chosen_below = chosen_below
         self._log_start = index
-        self._digest = digest
-        self._sync_meta("install_snapshot")
-
-    def _fail_write(self, op: str, txn: lmdb.Transaction, e: BaseException) -> None:
-        """Abort a failed write; a full disk or I/O error becomes StorageUnavailable."""
-        _abort_quietly(txn)
-        if isinstance(e, lmdb.Error | OSError) and _is_unavailable(e):
-            self._note_failure(e)
-            raise StorageUnavailable(op, e) from e
+        self._acc.sync("install_snapshot")
 
     def log_bytes(self) -> int:
         """Bytes of log entries stored (keys and values), from the log's B-tree stats."""
-        env = self._env
-        assert env is not None
-        with env.begin() as txn:
-            st = txn.stat(self._log)
+        with self._acc.begin() as txn:
+            st = txn.stat(self._acc.dbs[_LOG_DB])
         return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
 
     def file_bytes(self) -> int:
-        """Size of the LMDB data file on disk."""
-        return os.path.getsize(os.path.join(self.path, "data.mdb"))
-
-    def _note_failure(self, exc: BaseException) -> None:
-        if isinstance(exc, lmdb.PanicError):
-            self._needs_reopen = True
+        """Size of the two LMDB data files on disk."""
+        return self._state.file_bytes() + self._acc.file_bytes()
 
 
 def _encode_memberships(memberships: tuple) -> bytes:

@@ -9,6 +9,7 @@ the read view, log compaction and digest verification behave as documented.
 from __future__ import annotations
 
 import os
+import shutil
 
 import lmdb
 import pytest
@@ -119,6 +120,27 @@ def test_other_format_version_is_refused(tmp_path, monkeypatch):
         open_storage(path)
 
 
+def test_an_older_format_directory_is_refused_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "r1"
+    monkeypatch.setattr(storage_mod, "FORMAT_VERSION", storage_mod.FORMAT_VERSION - 1)
+    open_storage(path).close()
+    shutil.rmtree(path / storage_mod.ACCEPTOR_DIR)  # an older format had no acceptor environment
+    monkeypatch.undo()
+    with pytest.raises(IncompatibleFormat):
+        open_storage(path)
+    assert not (path / storage_mod.ACCEPTOR_DIR).exists()
+
+
+def test_a_state_without_its_acceptor_log_is_refused(tmp_path):
+    path = tmp_path / "r1"
+    with open_storage(path) as storage:
+        storage.write_step(Persist(accepted=((0, Ballot(1, 1), b"x"),), chosen_below=1),
+                           lambda t: (t.put(b"kv", b"k", b"v"), 1)[1])
+    shutil.rmtree(path / storage_mod.ACCEPTOR_DIR)
+    with pytest.raises(WrongDataDir, match="acceptor log is missing"):
+        open_storage(path)
+
+
 def test_second_opener_is_refused(tmp_path):
     path = tmp_path / "r1"
     with open_storage(path):
@@ -127,7 +149,9 @@ def test_second_opener_is_refused(tmp_path):
     open_storage(path).close()  # the lock went with the first close
 
 
-def test_raising_apply_changes_nothing(tmp_path):
+def test_raising_apply_changes_no_state_and_keeps_its_persist(tmp_path):
+    """An apply that raises leaves the state as it was; the persist before it
+    (the acceptor half of the step) stays done, and doing the step again works."""
     path = tmp_path / "r1"
 
     def good(tables):
@@ -143,21 +167,21 @@ def test_raising_apply_changes_nothing(tmp_path):
         tables.delete(b"kv", b"k")
         raise Boom
 
+    step2 = Persist(promised=Ballot(9, 2), accepted=((1, Ballot(9, 2), b"y"),), chosen_below=2)
     with open_storage(path) as storage:
         storage.write_step(Persist(promised=Ballot(1, 1), accepted=((0, Ballot(1, 1), b"x"),), chosen_below=1), good)
-        before = (storage.load(), storage.state_digest(), rows_of(storage))
+        before = (storage.state_digest(), rows_of(storage))
         with pytest.raises(Boom):
-            storage.write_step(
-                Persist(promised=Ballot(9, 2), accepted=((1, Ballot(9, 2), b"y"),), chosen_below=2), bad
-            )
-        assert (storage.promised, storage.chosen_below, storage.applied_below) == (Ballot(1, 1), 1, 1)
-        assert (storage.load(), storage.state_digest(), rows_of(storage)) == before
-        # The storage still works after the abort.
-        storage.write_step(Persist(chosen_below=2), lambda t: (t.put(b"kv", b"z", b"1"), 2)[1])
+            storage.write_step(step2, bad)
+        assert (storage.promised, storage.chosen_below, storage.applied_below) == (Ballot(9, 2), 2, 1)
+        assert (storage.state_digest(), rows_of(storage)) == before
+        assert storage.load().applied_below == 1
+        # The storage still works after the abort, and the step may be redone.
+        storage.write_step(step2, lambda t: (t.put(b"kv", b"z", b"1"), 2)[1])
         assert storage.applied_below == 2
     with open_storage(path) as storage:
-        assert storage.load().promised == Ballot(1, 1)
-        assert 1 not in storage.load().accepted
+        assert storage.load().promised == Ballot(9, 2)
+        assert storage.load().accepted[1] == (Ballot(9, 2), b"y")
         assert storage.verify_digest() == storage.state_digest()
 
 
@@ -290,7 +314,8 @@ def test_map_full_fails_cleanly_and_a_larger_map_resumes(tmp_path):
             pytest.fail("the map never filled")
         assert storage.applied_below == done
         assert storage.state_digest() == model.digest == storage.verify_digest()
-        assert sorted(storage.load().accepted) == list(range(done))
+        # The failed step's persist may have fitted, its apply did not.
+        assert sorted(storage.load().accepted) in (list(range(done)), list(range(done + 1)))
     with ReplicaStorage(path, cluster_id=CLUSTER, replica_id=1, map_size_bytes=8 << 20) as storage:
         storage.write_step(*step(done))
         step(done)[1](model)
@@ -315,7 +340,7 @@ def test_after_an_lmdb_panic_the_next_step_reopens_the_environment(tmp_path):
     with open_storage(tmp_path / "r1") as storage:
         storage.write_step(Persist(promised=Ballot(1, 1)), lambda t: (t.put(b"kv", b"a", b"1"), 1)[1])
         digest = storage.state_digest()
-        storage._env = PanickedEnv(storage._env)
+        storage._acc.handle = PanickedEnv(storage._acc.handle)
         with pytest.raises(storage_mod.StorageUnavailable) as failed:
             storage.write_step(Persist(promised=Ballot(2, 1)))
         assert isinstance(failed.value.cause, lmdb.PanicError)
@@ -324,3 +349,13 @@ def test_after_an_lmdb_panic_the_next_step_reopens_the_environment(tmp_path):
         assert storage.load().promised == Ballot(2, 1)
         assert storage.state_digest() != digest
         assert storage.verify_digest() == storage.state_digest()
+        # The same for the state environment.
+        digest = storage.state_digest()
+        storage._state.handle = PanickedEnv(storage._state.handle)
+        with pytest.raises(storage_mod.StorageUnavailable) as failed:
+            storage.apply(lambda t: (t.put(b"kv", b"c", b"3"), 3)[1])
+        assert isinstance(failed.value.cause, lmdb.PanicError)
+        assert (storage.applied_below, storage.state_digest()) == (2, digest)
+        storage.apply(lambda t: (t.put(b"kv", b"c", b"3"), 3)[1])
+        assert storage.load().applied_below == 3
+        assert storage.verify_digest() == storage.state_digest() != digest

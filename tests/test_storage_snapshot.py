@@ -1,7 +1,8 @@
 """Goal: a snapshot streamed from one replica's storage installs on another
 atomically: rows, applied/chosen point, log start and membership history move
-together; a bad digest or a crash before the commit changes nothing; the
-membership history stored by log compaction survives a restart."""
+together; a bad digest or a crash before the state's commit changes nothing,
+a crash between the state's and the acceptor's commits is finished by the next
+open; the membership history stored by log compaction survives a restart."""
 
 from __future__ import annotations
 
@@ -109,6 +110,40 @@ def test_crash_during_install_keeps_old_state(tmp_path):
     assert dst.verify_digest() == before_digest
     dst.install_snapshot(spool, index, digest, MEMBERS)  # the retry works
     assert dst.state_digest() == src.state_digest()
+    src.close()
+    dst.close()
+
+
+_CRASH_BETWEEN = """
+import os, sys
+from ledger.storage import ReplicaStorage
+dst = ReplicaStorage(sys.argv[1], cluster_id="c", replica_id=4)
+# Die after the state's commit, before the acceptor's.
+def die(index, memberships):
+    os._exit(9)
+dst._finish_install = die
+dst.install_snapshot(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), ((0, (1, 2, 3), ()), (300, (1, 2, 3), (4,))))
+"""
+
+
+def test_crash_between_state_and_acceptor_commits_is_finished_on_open(tmp_path):
+    src = ReplicaStorage(tmp_path / "src", cluster_id="c", replica_id=1)
+    _fill(src, 2_000, first_slot=100)
+    dst = ReplicaStorage(tmp_path / "dst", cluster_id="c", replica_id=4)
+    dst.write_step(Persist(accepted=((5, Ballot(1, 1), b"old"), (400, Ballot(1, 1), b"later"))),
+                   lambda t: (t.put(b"kv", b"stale", b"x"), 0)[1])
+    spool = str(tmp_path / "spool")
+    index, digest = _spool(src, spool)
+    dst.close()
+    proc = subprocess.run([sys.executable, "-c", _CRASH_BETWEEN, str(tmp_path / "dst"), spool, str(index),
+                           str(digest)], cwd=os.path.dirname(os.path.dirname(__file__)), timeout=60)
+    assert proc.returncode == 9
+    dst = ReplicaStorage(tmp_path / "dst", cluster_id="c", replica_id=4)
+    state = dst.load()
+    assert (state.applied_below, state.chosen_below, state.log_start) == (index, index, index)
+    assert state.memberships == MEMBERS
+    assert set(state.accepted) == {400}
+    assert dst.state_digest() == src.state_digest() == dst.verify_digest()
     src.close()
     dst.close()
 
