@@ -37,7 +37,7 @@ from consensus import Ballot, Persist  # noqa: E402
 from ledger import commands as cmd  # noqa: E402
 from ledger.model import Account, Transfer  # noqa: E402
 from ledger.server_sm import make_applier  # noqa: E402
-from ledger.storage import ReplicaStorage  # noqa: E402
+from ledger.storage import ReplicaStorage, data_file_bytes  # noqa: E402
 
 LEDGER = 1
 BATCH = 8000
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert not any(codes), "a transfer failed"
             elapsed = time.monotonic() - t0
             rate = round(len(batches) * BATCH / elapsed)
-            size = os.path.getsize(os.path.join(path, "data.mdb")) / 2**20
+            size = data_file_bytes(path) / 2**20
             load = round(os.getloadavg()[0], 2)
             results["stages"].append({"accounts": made, "transfers_per_s": rate, "create_s": round(created_s, 1),
                                       "data_mib": round(size), "load_average": load})

@@ -33,6 +33,7 @@ from cluster.local import LocalCluster, wait_until  # noqa: E402
 from ledger import errors  # noqa: E402
 from ledger.client import Client  # noqa: E402
 from ledger.model import Account, Transfer  # noqa: E402
+from ledger.storage import data_file_bytes  # noqa: E402
 
 LEDGER = 1
 ACCOUNTS = 1000
@@ -116,12 +117,12 @@ def disk(args) -> dict:
                             except errors.LedgerError:
                                 pass  # e.g. an outcome unknown after a leader change: only the disk use counts here
                         next_id += 200
-                        size = os.path.getsize(c.data / "r1" / "data.mdb")
+                        size = data_file_bytes(c.data / "r1")
                         samples.append((round(time.monotonic() - t0, 1), next_id - 1, size))
                         continue
                     _load(cl, next_id, 4 * args.batch, batch=args.batch, pipeline=4)
                     next_id += 4 * args.batch
-                    size = os.path.getsize(c.data / "r1" / "data.mdb")
+                    size = data_file_bytes(c.data / "r1")
                     samples.append((round(time.monotonic() - t0, 1), next_id - 1, size))
             out[label] = {"samples_t_s_transfers_bytes": samples[:: max(1, len(samples) // 12)] + samples[-1:],
                           "final_data_mdb_bytes": samples[-1][2],

@@ -316,7 +316,7 @@ class Workloads:
                     result["write_ok_at"] = None
                     break
                 await asyncio.sleep(POLL_S)
-        # 2. convergence: every replica reports the same digest and applied index (every final
+        # 2. convergence: every replica reports the same digest, applied and chosen index (every final
         # member, when the runner names them: a replaced replica is gone for good)
         members = self.control / "members"
         final_addresses = members.read_text().split(",") if members.exists() else self.addresses
@@ -325,8 +325,11 @@ class Workloads:
         while True:
             last = await self.statuses(final_addresses)
             answers = [s for s in last.values() if s]
-            if len(answers) == len(final_addresses) and len({(s["state_digest"], s["applied_index"])
-                                                            for s in answers}) == 1:
+            # Applies commit a little after they run: converged once every
+            # replica's committed applies reach its chosen point, all alike.
+            marks = {(s["state_digest"], s["applied_index"], s["chosen_index"]) for s in answers}
+            if len(answers) == len(final_addresses) and len(marks) == 1 and all(
+                    s["applied_index"] == s["chosen_index"] for s in answers):
                 result["converged_at"] = time.monotonic()
                 break
             if time.monotonic() > deadline:

@@ -184,16 +184,20 @@ class LocalCluster:
         return wait_until(lambda: self.leader(exclude), timeout_s, "a leader")
 
     def wait_converged(self, timeout_s: float = 60) -> str:
-        """All replicas applied the same index with the same digest; returns the digest."""
+        """All replicas applied (and committed) everything chosen, the same
+        index with the same digest; returns the digest."""
 
         def converged():
             st = self.statuses()
             if len(st) != len(self.ids):
                 return None
-            marks = {(s.applied_index, s.state_digest) for s in st.values()}
-            chosen = {s.chosen_index for s in st.values()}
-            if len(marks) == 1 and len(chosen) == 1:
-                return next(iter(marks))[1]
+            # Applies are committed a little after they run: a replica has
+            # converged once its committed applies reach its chosen point.
+            marks = {(s.applied_index, s.chosen_index, s.state_digest) for s in st.values()}
+            if len(marks) == 1:
+                applied, chosen, digest = next(iter(marks))
+                if applied == chosen:
+                    return digest
             return None
 
         return wait_until(converged, timeout_s, "all replicas to reach the same state digest")

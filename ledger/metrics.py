@@ -70,7 +70,9 @@ class ReplicaMetrics:
             "ledger_request_latency_seconds", "client write requests, arrival to answer", LATENCY_BUCKETS_S
         )
         self.fsync_latency = histogram(
-            "ledger_storage_step_seconds", "one synced storage step (persist + apply + fsync)", FSYNC_BUCKETS_S
+            "ledger_storage_step_seconds",
+            "one storage transaction: a persist (with its fsync), or an apply (with its commit when it commits)",
+            FSYNC_BUCKETS_S
         )
         self.peer_rtt = histogram(
             "ledger_peer_rtt_seconds", "heartbeat round trip to a peer", LATENCY_BUCKETS_S, ("peer",)

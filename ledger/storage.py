@@ -6,8 +6,10 @@ that accepting the next slots never waits for applying the chosen ones::
     storage.persist(ready.persist)      # promise + accepts + chosen point,
                                         # in <dir>/acceptor, one fsync
     network.send(ready.messages)        # only after it returned
-    storage.apply(apply)                # applied rows + digest, in <dir>;
-                                        # may run while the next persist does
+    storage.apply(apply, commit=...)    # applied rows + digest, in <dir>;
+                                        # may run while the next persist does,
+                                        # and leave its transaction open for
+                                        # the next apply (one commit for many)
 
 Layout (named databases; keys are raw bytes, integers big-endian)::
 
@@ -423,9 +425,6 @@ class _Env:
         if isinstance(exc, lmdb.PanicError):
             self.needs_reopen = True
 
-    def file_bytes(self) -> int:
-        return os.path.getsize(os.path.join(self.path, "data.mdb"))
-
 
 class ReplicaStorage:
     """The durable state of one replica: its acceptor environment and its
@@ -461,6 +460,7 @@ class ReplicaStorage:
             os.path.join(self.path, ACCEPTOR_DIR), map_size_bytes, (_META_DB, _ACCEPTOR_DB, _LOG_DB)
         )
         self._packer = msgpack.Packer()
+        self._state_txn: lmdb.Transaction | None = None  # an apply transaction left open
         try:
             self._state.open()
             self._check_state_format()  # before creating anything beside a directory of another format
@@ -556,6 +556,7 @@ class ReplicaStorage:
         meta = txn.cursor(db=self._state.dbs[_META_DB])
         self._applied_below = _from_int8(meta.get(_K_APPLIED))
         self._digest = _from_int8(meta.get(_K_DIGEST))
+        self._applying_below, self._applying_digest = self._applied_below, self._digest
 
     def _begin_acceptor_write(self) -> lmdb.Transaction:
         txn, reopened = self._acc.begin_write()
@@ -570,6 +571,7 @@ class ReplicaStorage:
         return txn
 
     def close(self) -> None:
+        self.abort_apply()  # as a crash would: the log still holds those slots
         self._acc.close()
         self._state.close()
         if self._lock_fd >= 0:
@@ -720,38 +722,74 @@ class ReplicaStorage:
         if persist.must_sync if sync is None else sync:
             self._acc.sync("persist")
 
-    def apply(self, apply: Callable[[LmdbTables], int], sync: bool = False) -> None:
-        """Apply chosen slots to the state environment, in one transaction.
+    def apply(self, apply: Callable[[LmdbTables], int], sync: bool = False, commit: bool = True) -> None:
+        """Apply chosen slots to the state environment.
 
-        Calls ``apply(tables)`` with an ``LmdbTables`` bound to the
-        transaction: the caller applies chosen entries (already persisted)
-        through it and returns the new ``applied_below``, which is stored
-        with the new state digest. Then commits; its data pages are synced,
-        its meta page only when ``sync`` (a power loss may otherwise undo
-        this apply, and only as a whole, until the next one: the log still
-        holds its slots). All or nothing, as ``persist``; an exception from
-        the callback propagates unchanged. ``tables`` must not be used after
-        return.
+        Calls ``apply(tables)`` with an ``LmdbTables`` bound to the state's
+        write transaction: the caller applies chosen entries (already
+        persisted) through it and returns the new applied point, which is
+        stored with the new state digest. Then, if ``commit``, commits: its
+        data pages are synced, its meta page only when ``sync`` (a power loss
+        may otherwise undo this commit, and only as a whole, until the next
+        one: the log still holds its slots). Without ``commit`` the
+        transaction stays open and the next ``apply`` goes on in it
+        (``applying_below`` is its applied point; readers, ``applied_below``
+        and ``state_digest`` see only committed applies), so that one commit
+        writes the pages of several applies, each page once.
+
+        If anything raises (the callback included), the whole open
+        transaction is aborted, earlier uncommitted applies with it: the
+        state is as last committed (``applying_below == applied_below``),
+        and the caller applies again from there. A full disk or an I/O error
+        raises ``StorageUnavailable``; an exception from the callback
+        propagates unchanged. ``tables`` must not be used after return.
         """
-        applied_below = self._applied_below
-        txn = self._begin_state_write()
+        txn = self._state_txn
+        if txn is None:
+            txn = self._state_txn = self._begin_state_write()
+        applied_below = self._applying_below
         meta = self._state.dbs[_META_DB]
         try:
-            tables = LmdbTables(txn, self._tables, self._digest)
+            tables = LmdbTables(txn, self._tables, self._applying_digest)
             new_applied = apply(tables)
             assert isinstance(new_applied, int), new_applied
             assert new_applied >= applied_below, (new_applied, applied_below)
             digest = tables.digest
-            txn.put(_K_APPLIED, _int8(new_applied), db=meta)
-            txn.put(_K_DIGEST, digest.to_bytes(32, "big"), db=meta)
-            txn.commit()
+            if commit or new_applied != applied_below or digest != self._applying_digest:
+                txn.put(_K_APPLIED, _int8(new_applied), db=meta)
+                txn.put(_K_DIGEST, digest.to_bytes(32, "big"), db=meta)
+            if commit:
+                self._state_txn = None
+                txn.commit()
         except BaseException as e:
+            self._state_txn = None
+            self._applying_below, self._applying_digest = self._applied_below, self._digest
             self._state.fail_write("apply", txn, e)
             raise
-        self._applied_below = new_applied
-        self._digest = digest
-        if sync:
-            self._state.sync("apply")
+        self._applying_below, self._applying_digest = new_applied, digest
+        if commit:
+            self._applied_below, self._digest = new_applied, digest
+            if sync:
+                self._state.sync("apply")
+
+    @property
+    def applying_below(self) -> int:
+        """The applied point of the open apply transaction (``applied_below``
+        when none is open)."""
+        return self._applying_below
+
+    @property
+    def apply_open(self) -> bool:
+        """Whether an apply transaction is open (applies not yet committed)."""
+        return self._state_txn is not None
+
+    def abort_apply(self) -> None:
+        """Drop the open apply transaction, if any, with the applies it holds
+        (call it on the thread that applies)."""
+        txn, self._state_txn = self._state_txn, None
+        if txn is not None:
+            _abort_quietly(txn)
+            self._applying_below, self._applying_digest = self._applied_below, self._digest
 
     def write_step(
         self,
@@ -761,9 +799,10 @@ class ReplicaStorage:
     ) -> None:
         """``persist(persist, sync)``, then ``apply(apply)`` if given (synced
         too when ``sync`` is true): the acceptor state first, so nothing is
-        applied before the acceptance it rests on is stored. Each half is
-        all or nothing; if the apply raises, the persist stays done, and
-        doing the same step again is harmless."""
+        applied before the acceptance it rests on is stored. With no apply
+        transaction left open, each half is all or nothing; if the apply
+        raises, the persist stays done, and doing the same step again is
+        harmless."""
         self.persist(persist, sync)
         if apply is not None:
             self.apply(apply, sync=bool(sync))
@@ -865,6 +904,7 @@ class ReplicaStorage:
         leaves the new state, whose acceptor half the next open completes.
         """
         assert index > self._applied_below, (index, self._applied_below)
+        assert self._state_txn is None, "install_snapshot with applies not committed"
         txn = self._begin_state_write()
         tables = self._tables
         try:
@@ -905,8 +945,8 @@ class ReplicaStorage:
         except BaseException as e:
             self._state.fail_write("install_snapshot", txn, e)
             raise
-        self._applied_below = index
-        self._digest = digest
+        self._applied_below = self._applying_below = index
+        self._digest = self._applying_digest = digest
         self._state.sync("install_snapshot")
         self._finish_install(index, memberships)
 
@@ -940,7 +980,17 @@ class ReplicaStorage:
 
     def file_bytes(self) -> int:
         """Size of the two LMDB data files on disk."""
-        return self._state.file_bytes() + self._acc.file_bytes()
+        return data_file_bytes(self.path)
+
+
+def data_file_bytes(path: str | os.PathLike[str]) -> int:
+    """Size on disk of a replica directory's two LMDB data files (state and
+    acceptor log); readable while a replica runs."""
+    total = 0
+    for sub in ("", ACCEPTOR_DIR):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.path.getsize(os.path.join(path, sub, "data.mdb"))
+    return total
 
 
 def _encode_memberships(memberships: tuple) -> bytes:

@@ -100,6 +100,11 @@ def replica():
 
 
 def _digest(channel) -> str:
+    # A linearizable read first: it waits until every answered write's apply
+    # is committed, which the reported digest reflects.
+    get = channel.unary_unary("/ledgerdb.v1.KV/Get", request_serializer=pb.GetRequest.SerializeToString,
+                              response_deserializer=pb.GetResponse.FromString)
+    get(pb.GetRequest(key=b"fuzz-digest"), timeout=10)
     rpc = channel.unary_unary("/ledgerdb.v1.Cluster/Status", request_serializer=pb.StatusRequest.SerializeToString,
                               response_deserializer=pb.StatusResponse.FromString)
     return rpc(pb.StatusRequest(all=False), timeout=10).replicas[0].state_digest

@@ -138,6 +138,8 @@ def test_restart_serves_acknowledged_writes():
             topology = proc.topology
             try:
                 await proc.driver.submit(cmd.KvPut(b"k", b"v1"), 1, 4, None)
+                # The answer may come before its apply commits; a read barrier waits for that.
+                await proc.driver.read_barrier(None)
                 digest = proc.driver.status()["state_digest"]
             finally:
                 await proc.stop()
@@ -229,12 +231,9 @@ def test_leader_answers_a_chosen_write_before_its_apply_is_written():
                 release = threading.Event()
                 held = threading.Event()
                 at_hold: list[int] = []  # applied_below while the apply was held
-                write_step = storage.write_step
+                storage_apply = storage.apply
 
-                def holding_write_step(persist, apply=None, sync=None):
-                    if apply is None or persist.accepted:
-                        return write_step(persist, apply, sync)
-
+                def holding_apply(apply, sync=False, commit=True):
                     def apply_then_hold(tables):
                         applied = apply(tables)
                         at_hold.append(storage.applied_below)
@@ -242,9 +241,9 @@ def test_leader_answers_a_chosen_write_before_its_apply_is_written():
                         assert release.wait(10), "the test never released the apply"
                         return applied
 
-                    return write_step(persist, apply_then_hold, sync)
+                    return storage_apply(apply_then_hold, sync, commit)
 
-                storage.write_step = holding_write_step
+                storage.apply = holding_apply
                 transfer = cmd.CreateTransfers.of([
                     Transfer(id=7, debit_account_id=1, credit_account_id=2, amount=5, ledger=1, code=1),
                     Transfer(id=8, debit_account_id=1, credit_account_id=1, amount=5, ledger=1, code=1),
@@ -263,7 +262,7 @@ def test_leader_answers_a_chosen_write_before_its_apply_is_written():
                     if storage.applied_below > applied_before:
                         break
                     await asyncio.sleep(0.01)
-                storage.write_step = write_step
+                storage.apply = storage_apply
                 with storage.reader() as tables:
                     found = sm.lookup_transfers(tables, [7, 8])
                 assert [t.id for t in found] == [7]
@@ -271,5 +270,132 @@ def test_leader_answers_a_chosen_write_before_its_apply_is_written():
                 release.set()
                 for p in procs:
                     await p.stop()
+
+    asyncio.run(run())
+
+
+def test_applies_share_one_commit_which_a_read_or_a_stop_forces(monkeypatch):
+    """With a commit interval far longer than the test, writes are answered
+    from applies whose transaction stays open: a linearizable read makes the
+    driver commit them (it does not wait for the interval), and so does
+    stopping; a restart then holds them all."""
+    monkeypatch.setattr(server, "APPLY_COMMIT_INTERVAL_S", 3600.0)
+
+    async def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = await _started(Path(tmp))
+            topology = proc.topology
+            try:
+                d = proc.driver
+                committed = d.storage.applied_below
+                for i in range(5):
+                    assert await d.submit(_accounts([4000 + i]), 1, 128, None) == []
+                assert d.storage.apply_open and d.storage.applied_below == committed
+                with d.storage.reader() as tables:
+                    assert sm.lookup_accounts(tables, [4000]) == []  # answered, not yet committed
+                await asyncio.wait_for(d.read_barrier(None), 10)
+                assert not d.storage.apply_open
+                with d.storage.reader() as tables:
+                    assert len(sm.lookup_accounts(tables, [4000 + i for i in range(5)])) == 5
+                assert await d.submit(_accounts([4100]), 1, 128, None) == []
+                assert d.storage.apply_open
+            finally:
+                await proc.stop()
+            proc = server.ReplicaProcess(topology, "r1", seed=2)
+            await proc.start()
+            try:
+                with proc.storage.reader() as tables:
+                    assert len(sm.lookup_accounts(tables, [4100])) == 1  # committed by the stop
+                assert proc.storage.verify_digest() == proc.storage.state_digest()
+            finally:
+                await proc.stop()
+
+    asyncio.run(run())
+
+
+def test_a_failed_commit_applies_the_uncommitted_slots_again(monkeypatch):
+    """A storage failure aborts the open apply transaction with every apply
+    it held; the driver retries and applies those slots again from the
+    committed point, so no answered write goes missing."""
+    from ledger.storage import StorageUnavailable
+
+    monkeypatch.setattr(server, "APPLY_COMMIT_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(server, "STORAGE_RETRY_MIN_S", 0.01)
+
+    async def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = await _started(Path(tmp))
+            try:
+                d = proc.driver
+                storage = d.storage
+                for i in range(3):
+                    assert await d.submit(_accounts([5000 + i]), 1, 128, None) == []
+                assert storage.apply_open
+                real_apply = storage.apply
+                failures = []
+
+                def failing_apply(apply, sync=False, commit=True):
+                    if commit and not failures:
+                        failures.append(storage.applying_below)
+                        storage.abort_apply()  # as a failed commit leaves it
+                        raise StorageUnavailable("commit", OSError(28, "No space left on device"))
+                    return real_apply(apply, sync, commit)
+
+                storage.apply = failing_apply
+                await asyncio.wait_for(d.read_barrier(None), 10)
+                assert failures, "the commit never ran"
+                assert storage.applied_below >= failures[0]
+                with storage.reader() as tables:
+                    assert len(sm.lookup_accounts(tables, [5000, 5001, 5002])) == 3
+                assert storage.verify_digest() == storage.state_digest()
+            finally:
+                await proc.stop()
+
+    asyncio.run(run())
+
+
+def test_a_read_that_arrives_during_an_uncommitted_apply_gets_its_commit(monkeypatch):
+    """A read registered while an apply runs that chose not to commit: that
+    apply, once done, commits for it (the read does not wait for the
+    interval, nor for another write)."""
+    monkeypatch.setattr(server, "APPLY_COMMIT_INTERVAL_S", 3600.0)
+
+    async def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = await _started(Path(tmp))
+            try:
+                d = proc.driver
+                storage = d.storage
+                await asyncio.wait_for(d.read_barrier(None), 10)  # nothing open now
+                release = threading.Event()
+                held = threading.Event()
+                real_apply = storage.apply
+
+                def holding_apply(apply, sync=False, commit=True):
+                    def apply_then_hold(tables):
+                        applied = apply(tables)
+                        if not commit and not held.is_set():
+                            held.set()
+                            assert release.wait(10), "the test never released the apply"
+                        return applied
+
+                    return real_apply(apply_then_hold, sync, commit)
+
+                storage.apply = holding_apply
+                assert await asyncio.wait_for(d.submit(_accounts([6000]), 1, 128, None), 10) == []
+                assert await asyncio.to_thread(held.wait, 10)
+                read = asyncio.ensure_future(d.read_barrier(None))
+                for _ in range(100):  # until the turn registered it
+                    if d._reads_waiting:
+                        break
+                    await asyncio.sleep(0.01)
+                assert d._reads_waiting and not read.done()
+                release.set()
+                await asyncio.wait_for(read, 10)
+                with storage.reader() as tables:
+                    assert len(sm.lookup_accounts(tables, [6000])) == 1
+            finally:
+                release.set()
+                await proc.stop()
 
     asyncio.run(run())

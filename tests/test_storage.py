@@ -185,6 +185,64 @@ def test_raising_apply_changes_no_state_and_keeps_its_persist(tmp_path):
         assert storage.verify_digest() == storage.state_digest()
 
 
+def test_uncommitted_applies_share_one_transaction(tmp_path):
+    """``apply(commit=False)`` leaves the transaction open: the next apply
+    goes on in it, readers and the committed points see none of it until a
+    commit, and closing (like a crash) drops it whole."""
+    path = tmp_path / "r1"
+    model = MemoryTables()
+
+    def put(n):
+        def apply(tables):
+            tables.put(b"kv", b"k%d" % n, b"v%d" % n)
+            return n + 1
+        return apply
+
+    with open_storage(path) as storage:
+        storage.write_step(Persist(accepted=tuple((n, Ballot(1, 1), b"x") for n in range(6)), chosen_below=6))
+        storage.apply(put(0))
+        put(0)(model)
+        committed = (storage.state_digest(), rows_of(storage))
+        for n in (1, 2):
+            storage.apply(put(n), commit=False)
+        assert storage.apply_open
+        assert (storage.applied_below, storage.applying_below) == (1, 3)
+        assert (storage.state_digest(), rows_of(storage)) == committed
+        assert storage.load().applied_below == 1
+        storage.apply(put(3))  # commits all three
+        for n in (1, 2, 3):
+            put(n)(model)
+        assert not storage.apply_open
+        assert (storage.applied_below, storage.applying_below) == (4, 4)
+        assert storage.state_digest() == model.digest == storage.verify_digest()
+        storage.apply(put(4), commit=False)
+    with open_storage(path) as storage:  # the open transaction went with the close
+        assert storage.load().applied_below == 4
+        assert storage.state_digest() == model.digest == storage.verify_digest()
+
+
+def test_a_failing_apply_aborts_every_uncommitted_one(tmp_path):
+    class Boom(Exception):
+        pass
+
+    def boom(tables):
+        tables.put(b"kv", b"b", b"1")
+        raise Boom
+
+    with open_storage(tmp_path / "r1") as storage:
+        storage.apply(lambda t: (t.put(b"kv", b"a", b"1"), 1)[1])
+        committed = (storage.state_digest(), rows_of(storage))
+        storage.apply(lambda t: (t.put(b"kv", b"c", b"1"), 2)[1], commit=False)
+        with pytest.raises(Boom):
+            storage.apply(boom, commit=False)
+        assert not storage.apply_open
+        assert (storage.applied_below, storage.applying_below) == (1, 1)
+        assert (storage.state_digest(), rows_of(storage)) == committed
+        storage.apply(lambda t: (t.put(b"kv", b"c", b"1"), 2)[1])  # applied again, from the committed point
+        assert storage.applied_below == 2
+        assert storage.verify_digest() == storage.state_digest()
+
+
 def test_broken_preconditions_abort_the_step(tmp_path):
     with open_storage(tmp_path / "r1") as storage:
         storage.write_step(Persist(promised=Ballot(5, 1), chosen_below=3), lambda t: 2)
