@@ -6,8 +6,9 @@
 One replica's storage and state machine, exactly as the server runs them
 (``ledger.storage.ReplicaStorage`` on this disk, ``ledger.server_sm``'s
 applier): each batch of 8,000 transfers is one ``write_step`` that stores the
-log entry and applies it in one synced LMDB transaction, as a replica's step
-does. The accounts grow in stages (10k, 100k, 1M, 10M); at each stage
+log entry (a synced transaction of the acceptor environment) and applies it
+(a transaction of the state environment, committed on its own as a replica
+commits a batch). The accounts grow in stages (10k, 100k, 1M, 10M); at each stage
 ``--transfers`` transfers between accounts drawn uniformly from all of them
 (the worst case for locality: every lookup is a random B-tree path) are timed.
 Creating the accounts is not timed. The network and consensus part of a write
@@ -15,7 +16,7 @@ does not depend on the number of accounts, so this is the part that could
 make a cluster's throughput fall as it grows.
 
 Prints one line per stage and writes JSON: per stage the accounts, the
-transfers/s, the data file size, and the load average.
+transfers/s, the size of the data files, and the load average.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     (ROOT / "data").mkdir(exist_ok=True)
     path = args.dir or tempfile.mkdtemp(prefix="bench-accounts-", dir=ROOT / "data")
     rng = random.Random(args.seed)
-    results = {"batch": BATCH, "fsync": "on: one synced LMDB transaction per batch (log entry + apply)",
+    results = {"batch": BATCH, "fsync": "on: per batch, a synced log entry and a committed apply",
                "transfers_per_stage": args.transfers, "seed": args.seed, "stages": []}
     print(f"accounts scaling: one replica's storage + state machine, batches of {BATCH}, synced; {path}")
     print(f"{'accounts':>11} {'transfers/s':>12} {'create s':>9} {'data MiB':>9} {'load':>5}", flush=True)
