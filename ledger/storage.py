@@ -822,6 +822,12 @@ class ReplicaStorage:
         if below_slot <= self._log_start:
             return
         self._state.sync("compact_log")
+        self._truncate_log("compact_log", below_slot, memberships or None, self._chosen_below)
+
+    def _truncate_log(self, op: str, below_slot: int, memberships: tuple | None, chosen_below: int) -> None:
+        """One acceptor transaction: drop log entries below ``below_slot``,
+        move ``log_start`` there, store ``memberships`` (None: keep the
+        stored history) and ``chosen_below``."""
         end = _int8(below_slot)
         txn = self._begin_acceptor_write()
         dbs = self._acc.dbs
@@ -829,14 +835,17 @@ class ReplicaStorage:
             cursor = txn.cursor(db=dbs[_LOG_DB])
             while cursor.first() and cursor.key() < end:
                 cursor.delete()
-            txn.put(_K_LOG_START, end, db=dbs[_META_DB])
-            if memberships:
-                txn.put(_K_MEMBERSHIPS, _encode_memberships(memberships), db=dbs[_META_DB])
+            meta = txn.cursor(db=dbs[_META_DB])
+            meta.put(_K_LOG_START, end)
+            meta.put(_K_CHOSEN, _int8(chosen_below))
+            if memberships is not None:
+                meta.put(_K_MEMBERSHIPS, _encode_memberships(memberships))
             txn.commit()
         except BaseException as e:
-            self._acc.fail_write("compact_log", txn, e)
+            self._acc.fail_write(op, txn, e)
             raise
         self._log_start = below_slot
+        self._chosen_below = chosen_below
 
     # --- snapshots -----------------------------------------------------
     #
@@ -952,24 +961,7 @@ class ReplicaStorage:
 
     def _finish_install(self, index: int, memberships: tuple) -> None:
         """The acceptor half of installing a snapshot at ``index``."""
-        chosen_below = max(self._chosen_below, index)
-        end = _int8(index)
-        txn = self._begin_acceptor_write()
-        dbs = self._acc.dbs
-        try:
-            cursor = txn.cursor(db=dbs[_LOG_DB])
-            while cursor.first() and cursor.key() < end:
-                cursor.delete()
-            meta = txn.cursor(db=dbs[_META_DB])
-            meta.put(_K_CHOSEN, _int8(chosen_below))
-            meta.put(_K_LOG_START, end)
-            meta.put(_K_MEMBERSHIPS, _encode_memberships(memberships))
-            txn.commit()
-        except BaseException as e:
-            self._acc.fail_write("install_snapshot", txn, e)
-            raise
-        self._chosen_below = chosen_below
-        self._log_start = index
+        self._truncate_log("install_snapshot", index, memberships, max(self._chosen_below, index))
         self._acc.sync("install_snapshot")
 
     def log_bytes(self) -> int:

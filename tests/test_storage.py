@@ -223,7 +223,7 @@ def test_uncommitted_applies_share_one_transaction(tmp_path):
 
 def test_a_failing_apply_aborts_every_uncommitted_one(tmp_path):
     class Boom(Exception):
-        pass
+        """The callback's own failure."""
 
     def boom(tables):
         tables.put(b"kv", b"b", b"1")
