@@ -399,3 +399,27 @@ def test_a_read_that_arrives_during_an_uncommitted_apply_gets_its_commit(monkeyp
                 await proc.stop()
 
     asyncio.run(run())
+
+
+def test_proposals_held_for_the_apply_backlog_resume_when_it_drains(monkeypatch):
+    """With any apply queued counting as a full backlog, the leader holds new
+    proposals while one runs, and every write still gets its answer: the end
+    of each apply wakes the proposals it held."""
+    monkeypatch.setattr(server, "APPLY_BACKLOG_BYTES_MAX", 0)
+
+    async def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = await _started(Path(tmp))
+            try:
+                d = proc.driver
+                for round_ in range(3):
+                    outcomes = await asyncio.wait_for(asyncio.gather(
+                        *(d.submit(_accounts([7000 + 100 * round_ + i]), 1, 128, None) for i in range(20))), 20)
+                    assert outcomes == [[]] * 20
+                await asyncio.wait_for(d.read_barrier(None), 10)
+                with d.storage.reader() as tables:
+                    assert len(sm.lookup_accounts(tables, [7000 + 100 * r + i for r in range(3) for i in range(20)])) == 60
+            finally:
+                await proc.stop()
+
+    asyncio.run(run())
