@@ -1129,8 +1129,9 @@ class Driver:
 
     def _start_apply(self, committed: list[tuple[int, bytes]]) -> None:
         previous = self._applies[-1] if self._applies else None
-        self._apply_backlog_bytes += sum(len(v) for _, v in committed)
-        self._applies.append(asyncio.create_task(self._apply(previous, committed), name="apply"))
+        nbytes = sum(len(v) for _, v in committed)
+        self._apply_backlog_bytes += nbytes
+        self._applies.append(asyncio.create_task(self._apply(previous, committed, nbytes), name="apply"))
 
     async def _wait_applies(self, queued: int) -> None:
         """Until at most ``queued`` applies are queued or running. Called
@@ -1175,14 +1176,14 @@ class Driver:
         self._commit_soon()
         await self._wait_applies(0)
 
-    async def _apply(self, previous: asyncio.Task | None, committed: list[tuple[int, bytes]]) -> None:
+    async def _apply(self, previous: asyncio.Task | None, committed: list[tuple[int, bytes]], nbytes: int) -> None:
         """Apply ``committed`` after the apply before it, answer the writes of
         our own slots as soon as their results are computed, and move the
         applied point once the apply's transaction is committed."""
         try:
             if previous is not None:
                 await asyncio.wait({previous})
-            await self._apply_committed(committed)
+            await self._apply_committed(committed, nbytes)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -1197,13 +1198,16 @@ class Driver:
             os._exit(70)
         finally:
             self._applies.remove(asyncio.current_task())
-            self._apply_backlog_bytes -= sum(len(v) for _, v in committed)
-            self._wake.set()  # proposals held for the backlog may go
+            self._apply_backlog_bytes -= nbytes
+            # Proposals held for the backlog may go; compaction, and a
+            # follower's held slots, are looked at in the turn.
+            self._wake.set()
         self._after_apply()
 
-    async def _apply_committed(self, committed: list[tuple[int, bytes]]) -> None:
-        """Apply ``committed`` (empty: only commit) into the open apply
-        transaction, and commit it when due (APPLY_COMMIT_INTERVAL_S)."""
+    async def _apply_committed(self, committed: list[tuple[int, bytes]], nbytes: int) -> None:
+        """Apply ``committed`` (``nbytes`` of slot values; empty: only commit)
+        into the open apply transaction, and commit it when due
+        (APPLY_COMMIT_INTERVAL_S)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         # After a failure the storage aborts the whole open transaction: each
@@ -1211,7 +1215,7 @@ class Driver:
         # (they are skipped while the transaction holds them).
         todo = self._uncommitted + committed
         recorded_before = {slot for slot, _ in self._uncommitted}  # their write sets went out
-        value_bytes = self._uncommitted_bytes + sum(len(v) for _, v in committed)
+        value_bytes = self._uncommitted_bytes + nbytes
         commit = (
             not committed
             or APPLY_COMMIT_INTERVAL_S <= 0
@@ -1295,7 +1299,6 @@ class Driver:
                 self._commit_timer = None
             self.applied_below = max(self.applied_below, storage.applied_below)
             self._serve_waiting_reads()
-            self._wake.set()  # compaction, and a follower's held slots, are looked at in the turn
             return
         if not self._uncommitted:
             self._uncommitted_since = now
